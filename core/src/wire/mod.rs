@@ -1,0 +1,32 @@
+//! The SMTP wire codec: every byte that crosses a connection, parsed into typed values that
+//! borrow the input and written back.
+//!
+//! - [`line`]: incremental CRLF framing with a length limit that never buffers an over-long
+//!   line.
+//! - [`command`]: [`Command`] (client to server) and its parser and writer.
+//! - [`path`] and [`params`]: RFC 5321 paths and the MAIL / RCPT parameters, XSHADOW included.
+//! - [`reply`] and [`ehlo`]: [`Reply`] (server to client), its incremental reader and writer,
+//!   and the typed EHLO keywords.
+//! - [`body`]: the DATA dot-stuffing writer, the streaming dot-unstuffing reader and BDAT
+//!   chunk accounting.
+//! - [`xtext`]: RFC 3461 xtext, used by XSHADOW=, ENVID= and ORCPT=.
+//!
+//! Partial input is never an error: every reader answers "need more bytes" until it has a
+//! whole item.
+
+pub mod body;
+pub mod command;
+pub mod ehlo;
+pub mod line;
+pub mod params;
+pub mod path;
+pub mod reply;
+pub mod xtext;
+
+pub use reply::{EnhancedStatus, Reply};
+
+/// The longest context, shadow message id or database id the shadow protocol allows, in bytes.
+pub const MAX_SHADOW_FIELD: usize = 255;
+
+/// The default longest command or reply line, CRLF included, in bytes.
+pub const DEFAULT_MAX_LINE: usize = 4096;
