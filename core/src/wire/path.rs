@@ -1,1 +1,355 @@
-//! (in progress)
+//! RFC 5321 paths: the reverse-path of MAIL and the forward-path of RCPT, with the SMTPUTF8
+//! extension (RFC 6531: UTF-8 in local parts and domains).
+//!
+//! Parsed values borrow the command line. Local parts keep their wire form (a quoted local part
+//! stays quoted) so a path is written back byte for byte. Source routes (`<@a,@b:u@d>`) are
+//! accepted and dropped, as RFC 5321 §4.1.1.3 asks. Every length is counted in bytes.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use nom::branch::alt;
+use nom::bytes::complete::{take_while, take_while1};
+use nom::character::complete::char;
+use nom::combinator::{opt, recognize, verify};
+use nom::multi::{many0_count, separated_list1};
+use nom::sequence::{delimited, preceded, terminated};
+use nom::{IResult, Parser};
+
+/// Longest local part, in bytes (RFC 5321 §4.5.3.1.1).
+pub const MAX_LOCAL_PART: usize = 64;
+/// Longest domain, in bytes (RFC 5321 §4.5.3.1.2).
+pub const MAX_DOMAIN: usize = 255;
+/// Longest path including its angle brackets, in bytes (RFC 5321 §4.5.3.1.3).
+pub const MAX_PATH: usize = 256;
+
+/// An address `local-part@domain` as written on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mailbox<'a> {
+    /// The local part, quoted if it was quoted on the wire.
+    pub local_part: Cow<'a, str>,
+    /// The domain, or an address literal with its brackets (`[192.0.2.1]`).
+    pub domain: Cow<'a, str>,
+}
+
+/// The reverse-path of `MAIL FROM:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReversePath<'a> {
+    /// The null sender `<>` (bounces and other notifications).
+    Null,
+    /// A sender address.
+    Mailbox(Mailbox<'a>),
+}
+
+/// The forward-path of `RCPT TO:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ForwardPath<'a> {
+    /// The bare `<postmaster>` every server must accept (any case on the wire).
+    Postmaster,
+    /// A recipient address.
+    Mailbox(Mailbox<'a>),
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// It does not follow the RFC 5321 / RFC 6531 grammar.
+    Syntax,
+    /// A local part, domain or the whole path is longer than RFC 5321 allows.
+    TooLong,
+}
+
+impl<'a> Mailbox<'a> {
+    /// An address from its parts, as they are to appear on the wire.
+    pub fn new(local_part: impl Into<Cow<'a, str>>, domain: impl Into<Cow<'a, str>>) -> Self {
+        Self {
+            local_part: local_part.into(),
+            domain: domain.into(),
+        }
+    }
+
+    /// True when the domain is an address literal such as `[192.0.2.1]`.
+    pub fn is_address_literal(&self) -> bool {
+        self.domain.starts_with('[')
+    }
+
+    /// True when the address needs the SMTPUTF8 extension (any non-ASCII byte).
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.local_part.is_ascii() || !self.domain.is_ascii()
+    }
+
+    /// Copies borrowed parts so the address outlives its input.
+    pub fn into_owned(self) -> Mailbox<'static> {
+        Mailbox {
+            local_part: Cow::Owned(self.local_part.into_owned()),
+            domain: Cow::Owned(self.domain.into_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Mailbox<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.local_part, self.domain)
+    }
+}
+
+impl ReversePath<'_> {
+    /// Copies borrowed parts so the path outlives its input.
+    pub fn into_owned(self) -> ReversePath<'static> {
+        match self {
+            Self::Null => ReversePath::Null,
+            Self::Mailbox(m) => ReversePath::Mailbox(m.into_owned()),
+        }
+    }
+
+    /// The sender address, `None` for the null sender.
+    pub fn mailbox(&self) -> Option<&Mailbox<'_>> {
+        match self {
+            Self::Null => None,
+            Self::Mailbox(m) => Some(m),
+        }
+    }
+
+    /// Appends `<...>` to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Null => out.extend_from_slice(b"<>"),
+            Self::Mailbox(m) => write_mailbox(m, out),
+        }
+    }
+}
+
+impl ForwardPath<'_> {
+    /// Copies borrowed parts so the path outlives its input.
+    pub fn into_owned(self) -> ForwardPath<'static> {
+        match self {
+            Self::Postmaster => ForwardPath::Postmaster,
+            Self::Mailbox(m) => ForwardPath::Mailbox(m.into_owned()),
+        }
+    }
+
+    /// Appends `<...>` to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Postmaster => out.extend_from_slice(b"<postmaster>"),
+            Self::Mailbox(m) => write_mailbox(m, out),
+        }
+    }
+}
+
+fn write_mailbox(m: &Mailbox<'_>, out: &mut Vec<u8>) {
+    out.push(b'<');
+    out.extend_from_slice(m.local_part.as_bytes());
+    out.push(b'@');
+    out.extend_from_slice(m.domain.as_bytes());
+    out.push(b'>');
+}
+
+/// Parses a reverse-path at the start of `input`; returns it and the rest of the input.
+pub fn parse_reverse_path(input: &str) -> Result<(ReversePath<'_>, &str), PathError> {
+    if let Some(rest) = input.strip_prefix("<>") {
+        return Ok((ReversePath::Null, rest));
+    }
+    let (mailbox, rest) = parse_path(input)?;
+    Ok((ReversePath::Mailbox(mailbox), rest))
+}
+
+/// Parses a forward-path at the start of `input`; returns it and the rest of the input.
+pub fn parse_forward_path(input: &str) -> Result<(ForwardPath<'_>, &str), PathError> {
+    if let Some(head) = input.get(..12) {
+        if head.eq_ignore_ascii_case("<postmaster>") {
+            return Ok((ForwardPath::Postmaster, &input[12..]));
+        }
+    }
+    let (mailbox, rest) = parse_path(input)?;
+    Ok((ForwardPath::Mailbox(mailbox), rest))
+}
+
+fn parse_path(input: &str) -> Result<(Mailbox<'_>, &str), PathError> {
+    let (rest, (local_part, domain)) = delimited(
+        char('<'),
+        preceded(opt(terminated(source_route, char(':'))), mailbox),
+        char('>'),
+    )
+    .parse(input)
+    .map_err(|_: nom::Err<nom::error::Error<&str>>| PathError::Syntax)?;
+    if local_part.len() > MAX_LOCAL_PART
+        || domain.len() > MAX_DOMAIN
+        || input.len() - rest.len() > MAX_PATH
+    {
+        return Err(PathError::TooLong);
+    }
+    Ok((Mailbox::new(local_part, domain), rest))
+}
+
+type Res<'a, T> = IResult<&'a str, T>;
+
+/// `@a,@b` — accepted and dropped.
+fn source_route(i: &str) -> Res<'_, ()> {
+    separated_list1(char(','), preceded(char('@'), domain))
+        .map(|_| ())
+        .parse(i)
+}
+
+fn mailbox(i: &str) -> Res<'_, (&str, &str)> {
+    (
+        alt((quoted_string, dot_string)),
+        preceded(char('@'), alt((address_literal, domain))),
+    )
+        .parse(i)
+}
+
+/// RFC 5322 atext plus any non-ASCII character (RFC 6531).
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+}
+
+fn dot_string(i: &str) -> Res<'_, &str> {
+    recognize((
+        take_while1(is_atext),
+        many0_count((char('.'), take_while1(is_atext))),
+    ))
+    .parse(i)
+}
+
+fn quoted_string(i: &str) -> Res<'_, &str> {
+    let qtext = take_while1(|c: char| (c != '"' && c != '\\' && (' '..='~').contains(&c)) || !c.is_ascii());
+    let quoted_pair = preceded(char('\\'), verify(nom::character::complete::anychar, |c| (' '..='~').contains(c)));
+    recognize((
+        char('"'),
+        many0_count(alt((qtext.map(|_| ()), quoted_pair.map(|_| ())))),
+        char('"'),
+    ))
+    .parse(i)
+}
+
+fn is_label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii()
+}
+
+fn sub_domain(i: &str) -> Res<'_, &str> {
+    verify(take_while1(is_label_char), |label: &str| {
+        !label.starts_with('-') && !label.ends_with('-')
+    })
+    .parse(i)
+}
+
+fn domain(i: &str) -> Res<'_, &str> {
+    recognize((sub_domain, many0_count((char('.'), sub_domain)))).parse(i)
+}
+
+fn address_literal(i: &str) -> Res<'_, &str> {
+    let (rest, inner) = delimited(
+        char('['),
+        take_while(|c: char| c != ']' && c != '[' && ('!'..='~').contains(&c)),
+        char(']'),
+    )
+    .parse(i)?;
+    let valid = if let Some(v6) = strip_prefix_ignore_case(inner, "IPv6:") {
+        v6.parse::<Ipv6Addr>().is_ok()
+    } else if let Some((tag_part, content)) = inner.split_once(':') {
+        // General-address-literal: Standardized-tag ":" 1*dcontent.
+        sub_domain(tag_part).is_ok_and(|(r, _)| r.is_empty())
+            && !content.is_empty()
+            && !tag_part.ends_with('-')
+    } else {
+        inner.parse::<Ipv4Addr>().is_ok()
+    };
+    if valid {
+        Ok((rest, &i[..i.len() - rest.len()]))
+    } else {
+        Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Verify,
+        )))
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox_of(local: &'static str, domain: &'static str) -> Mailbox<'static> {
+        Mailbox::new(local, domain)
+    }
+
+    #[test]
+    fn ordinary_utf8_quoted_and_literal_paths_parse() {
+        let cases: &[(&str, Mailbox<'static>)] = &[
+            ("<alice@example.org>", mailbox_of("alice", "example.org")),
+            ("<a.b+c@x-y.example>", mailbox_of("a.b+c", "x-y.example")),
+            ("<\"john doe\"@example.org>", mailbox_of("\"john doe\"", "example.org")),
+            ("<\"a\\\"b\"@example.org>", mailbox_of("\"a\\\"b\"", "example.org")),
+            ("<user@[192.0.2.1]>", mailbox_of("user", "[192.0.2.1]")),
+            ("<user@[IPv6:2001:db8::1]>", mailbox_of("user", "[IPv6:2001:db8::1]")),
+            ("<用户@例子.广告>", mailbox_of("用户", "例子.广告")),
+            ("<@relay.example,@b.example:u@d.example>", mailbox_of("u", "d.example")),
+        ];
+        for (wire, want) in cases {
+            let (path, rest) = parse_reverse_path(wire).unwrap();
+            assert_eq!(path, ReversePath::Mailbox(want.clone()), "{wire}");
+            assert_eq!(rest, "");
+        }
+    }
+
+    #[test]
+    fn null_sender_and_bare_postmaster_parse() {
+        assert_eq!(parse_reverse_path("<> SIZE=1"), Ok((ReversePath::Null, " SIZE=1")));
+        assert_eq!(parse_forward_path("<PostMaster>"), Ok((ForwardPath::Postmaster, "")));
+        assert!(matches!(
+            parse_forward_path("<postmaster@example.org>"),
+            Ok((ForwardPath::Mailbox(_), ""))
+        ));
+        assert_eq!(parse_forward_path("<>"), Err(PathError::Syntax));
+    }
+
+    #[test]
+    fn malformed_paths_are_syntax_errors() {
+        for wire in [
+            "alice@example.org",
+            "<alice@example.org",
+            "<alice>",
+            "<@example.org>",
+            "<alice@>",
+            "<alice@-bad.example>",
+            "<alice@bad-.example>",
+            "<a..b@example.org>",
+            "<.a@example.org>",
+            "<a b@example.org>",
+            "<\"unterminated@example.org>",
+            "<user@[300.1.1.1]>",
+            "<user@[IPv6:nonsense]>",
+            "<user@[]>",
+        ] {
+            assert_eq!(parse_reverse_path(wire).map(|_| ()), Err(PathError::Syntax), "{wire}");
+        }
+    }
+
+    #[test]
+    fn lengths_are_counted_in_bytes() {
+        let local = "é".repeat(32); // 64 bytes: the limit exactly
+        let wire = format!("<{local}@example.org>");
+        assert!(parse_reverse_path(&wire).is_ok());
+        let wire = format!("<{local}a@example.org>");
+        assert_eq!(parse_reverse_path(&wire).map(|_| ()), Err(PathError::TooLong));
+        let domain = format!("{}.example", "a".repeat(250));
+        let wire = format!("<u@{domain}>");
+        assert_eq!(parse_reverse_path(&wire).map(|_| ()), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn paths_write_back_as_read() {
+        for wire in ["<\"john doe\"@example.org>", "<user@[192.0.2.1]>", "<用户@例子.广告>"] {
+            let (path, _) = parse_reverse_path(wire).unwrap();
+            let mut out = Vec::new();
+            path.write_to(&mut out);
+            assert_eq!(out, wire.as_bytes());
+        }
+    }
+}
