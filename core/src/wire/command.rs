@@ -224,13 +224,17 @@ impl CommandError {
         let e = |s, d| Some(EnhancedStatus::new(5, s, d));
         match (&self.kind, self.verb) {
             (K::NotUtf8, None) => Reply::new(500, e(5, 2), "Syntax error, line is not UTF-8"),
-            (K::NotUtf8, Some(_)) => Reply::new(501, e(5, 2), "Syntax error, argument is not UTF-8"),
+            (K::NotUtf8, Some(_)) => {
+                Reply::new(501, e(5, 2), "Syntax error, argument is not UTF-8")
+            }
             (K::MissingArgument, Some(Verb::XShadow)) => {
                 Reply::new(501, e(0, 0), "XSHADOW requires Shadow server's context")
             }
-            (K::MissingArgument, Some(Verb::XqDiscard)) => {
-                Reply::new(501, e(0, 0), "XQDISCARD requires maximum discard events count")
-            }
+            (K::MissingArgument, Some(Verb::XqDiscard)) => Reply::new(
+                501,
+                e(0, 0),
+                "XQDISCARD requires maximum discard events count",
+            ),
             (K::MissingArgument, Some(Verb::Mail)) => {
                 Reply::new(501, e(5, 2), "Syntax: MAIL FROM:<address>")
             }
@@ -258,7 +262,8 @@ impl std::error::Error for CommandError {}
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// `1*DIGIT` as a u64; `None` for anything else, overflow included.
@@ -291,7 +296,13 @@ impl<'a> Command<'a> {
 
     fn parse_args(verb: Verb, args: &'a str) -> Result<Command<'a>, CommandErrorKind> {
         use CommandErrorKind as K;
-        let required = || if args.is_empty() { Err(K::MissingArgument) } else { Ok(args) };
+        let required = || {
+            if args.is_empty() {
+                Err(K::MissingArgument)
+            } else {
+                Ok(args)
+            }
+        };
         let none = |command: Command<'a>| {
             if args.is_empty() {
                 Ok(command)
@@ -301,7 +312,11 @@ impl<'a> Command<'a> {
         };
         let token = |value: &'a str| {
             let ok = !value.contains(|c: char| c.is_control() || c == ' ');
-            if ok { Ok(Cow::Borrowed(value)) } else { Err(K::InvalidArgument) }
+            if ok {
+                Ok(Cow::Borrowed(value))
+            } else {
+                Err(K::InvalidArgument)
+            }
         };
         match verb {
             Verb::Ehlo => Ok(Command::Ehlo {
@@ -311,8 +326,10 @@ impl<'a> Command<'a> {
                 domain: token(required()?)?,
             }),
             Verb::Mail => {
-                let rest = strip_prefix_ignore_case(required()?, "FROM:").ok_or(K::MissingArgument)?;
-                let (from, rest) = parse_reverse_path(rest.trim_start_matches(' ')).map_err(K::BadSender)?;
+                let rest =
+                    strip_prefix_ignore_case(required()?, "FROM:").ok_or(K::MissingArgument)?;
+                let (from, rest) =
+                    parse_reverse_path(rest.trim_start_matches(' ')).map_err(K::BadSender)?;
                 if !rest.is_empty() && !rest.starts_with(' ') {
                     return Err(K::BadSender(PathError::Syntax));
                 }
@@ -320,8 +337,10 @@ impl<'a> Command<'a> {
                 Ok(Command::Mail { from, params })
             }
             Verb::Rcpt => {
-                let rest = strip_prefix_ignore_case(required()?, "TO:").ok_or(K::MissingArgument)?;
-                let (to, rest) = parse_forward_path(rest.trim_start_matches(' ')).map_err(K::BadRecipient)?;
+                let rest =
+                    strip_prefix_ignore_case(required()?, "TO:").ok_or(K::MissingArgument)?;
+                let (to, rest) =
+                    parse_forward_path(rest.trim_start_matches(' ')).map_err(K::BadRecipient)?;
                 if !rest.is_empty() && !rest.starts_with(' ') {
                     return Err(K::BadRecipient(PathError::Syntax));
                 }
@@ -335,7 +354,10 @@ impl<'a> Command<'a> {
             Verb::Noop => Ok(Command::Noop),
             Verb::Bdat => {
                 let mut words = required()?.split(' ').filter(|w| !w.is_empty());
-                let size = words.next().and_then(parse_decimal).ok_or(K::InvalidArgument)?;
+                let size = words
+                    .next()
+                    .and_then(parse_decimal)
+                    .ok_or(K::InvalidArgument)?;
                 let last = match words.next() {
                     None => false,
                     Some(w) if w.eq_ignore_ascii_case("LAST") => true,
@@ -371,7 +393,8 @@ impl<'a> Command<'a> {
             }
             Verb::XShadowRequest => {
                 let mut words = required()?.split(' ').filter(|w| !w.is_empty());
-                let (Some(primary), Some(database_id), None) = (words.next(), words.next(), words.next())
+                let (Some(primary), Some(database_id), None) =
+                    (words.next(), words.next(), words.next())
                 else {
                     return Err(K::InvalidArgument);
                 };
@@ -465,8 +488,12 @@ impl<'a> Command<'a> {
     pub fn into_owned(self) -> Command<'static> {
         let own = |s: Cow<'a, str>| Cow::Owned(s.into_owned());
         match self {
-            Self::Ehlo { domain } => Command::Ehlo { domain: own(domain) },
-            Self::Helo { domain } => Command::Helo { domain: own(domain) },
+            Self::Ehlo { domain } => Command::Ehlo {
+                domain: own(domain),
+            },
+            Self::Helo { domain } => Command::Helo {
+                domain: own(domain),
+            },
             Self::Mail { from, params } => Command::Mail {
                 from: from.into_owned(),
                 params: params.into_owned(),
@@ -480,10 +507,16 @@ impl<'a> Command<'a> {
             Self::Rset => Command::Rset,
             Self::Noop => Command::Noop,
             Self::Quit => Command::Quit,
-            Self::Vrfy { target } => Command::Vrfy { target: own(target) },
-            Self::Help { topic } => Command::Help { topic: topic.map(own) },
+            Self::Vrfy { target } => Command::Vrfy {
+                target: own(target),
+            },
+            Self::Help { topic } => Command::Help {
+                topic: topic.map(own),
+            },
             Self::StartTls => Command::StartTls,
-            Self::XShadow { context } => Command::XShadow { context: own(context) },
+            Self::XShadow { context } => Command::XShadow {
+                context: own(context),
+            },
             Self::XqDiscard { max } => Command::XqDiscard { max },
             Self::XShadowRequest {
                 primary,

@@ -153,7 +153,10 @@ mod tests {
                     break;
                 }
             }
-            assert!(buf.len() < reader.max_line(), "the reader let the buffer grow");
+            assert!(
+                buf.len() < reader.max_line(),
+                "the reader let the buffer grow"
+            );
         }
         found
     }

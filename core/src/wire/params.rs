@@ -141,7 +141,9 @@ fn split_params(input: &str) -> impl Iterator<Item = Result<(&str, Option<&str>)
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         // esmtp-value: printable except '=' (and SP, already split), UTF-8 allowed (RFC 6531).
         let value_ok = value.is_none_or(|v| {
-            !v.is_empty() && v.chars().all(|c| c != '=' && (('!'..='~').contains(&c) || !c.is_ascii()))
+            !v.is_empty()
+                && v.chars()
+                    .all(|c| c != '=' && (('!'..='~').contains(&c) || !c.is_ascii()))
         });
         if keyword_ok && value_ok {
             Ok((keyword, value))
@@ -168,7 +170,10 @@ fn push_other<'a>(
     keyword: &'a str,
     value: Option<&'a str>,
 ) -> Result<(), ParamError> {
-    if other.iter().any(|p| p.keyword.eq_ignore_ascii_case(keyword)) {
+    if other
+        .iter()
+        .any(|p| p.keyword.eq_ignore_ascii_case(keyword))
+    {
         return Err(ParamError::Duplicate(keyword.to_ascii_uppercase()));
     }
     other.push(OtherParam {
@@ -441,10 +446,16 @@ mod tests {
         for (input, want) in [
             ("XSHADOW=", ParamError::Malformed("XSHADOW".into())),
             ("XSHADOW", ParamError::Malformed("XSHADOW".into())),
-            ("XSHADOW=a XSHADOW=b", ParamError::Duplicate("XSHADOW".into())),
+            (
+                "XSHADOW=a XSHADOW=b",
+                ParamError::Duplicate("XSHADOW".into()),
+            ),
             ("SIZE=1 size=2", ParamError::Duplicate("SIZE".into())),
             ("SIZE=abc", ParamError::Malformed("SIZE".into())),
-            ("SIZE=99999999999999999999", ParamError::Malformed("SIZE".into())),
+            (
+                "SIZE=99999999999999999999",
+                ParamError::Malformed("SIZE".into()),
+            ),
             ("BODY=9BIT", ParamError::Malformed("BODY".into())),
             ("SMTPUTF8=yes", ParamError::Malformed("SMTPUTF8".into())),
             ("RET=ALL", ParamError::Malformed("RET".into())),
@@ -469,9 +480,20 @@ mod tests {
             })
         );
         let orcpt = p.orcpt.unwrap();
-        assert_eq!((orcpt.addr_type.as_ref(), orcpt.address.as_ref()), ("rfc822", "bob+x@example.net"));
-        assert_eq!(RcptParams::parse("NOTIFY=NEVER").unwrap().notify, Some(Notify::NEVER));
-        for bad in ["NOTIFY=NEVER,SUCCESS", "NOTIFY=SUCCESS,SUCCESS", "ORCPT=rfc822", "ORCPT=;a"] {
+        assert_eq!(
+            (orcpt.addr_type.as_ref(), orcpt.address.as_ref()),
+            ("rfc822", "bob+x@example.net")
+        );
+        assert_eq!(
+            RcptParams::parse("NOTIFY=NEVER").unwrap().notify,
+            Some(Notify::NEVER)
+        );
+        for bad in [
+            "NOTIFY=NEVER,SUCCESS",
+            "NOTIFY=SUCCESS,SUCCESS",
+            "ORCPT=rfc822",
+            "ORCPT=;a",
+        ] {
             assert!(RcptParams::parse(bad).is_err(), "{bad}");
         }
     }

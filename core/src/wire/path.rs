@@ -214,8 +214,14 @@ fn dot_string(i: &str) -> Res<'_, &str> {
 }
 
 fn quoted_string(i: &str) -> Res<'_, &str> {
-    let qtext = take_while1(|c: char| (c != '"' && c != '\\' && (' '..='~').contains(&c)) || !c.is_ascii());
-    let quoted_pair = preceded(char('\\'), verify(nom::character::complete::anychar, |c| (' '..='~').contains(c)));
+    let qtext =
+        take_while1(|c: char| (c != '"' && c != '\\' && (' '..='~').contains(&c)) || !c.is_ascii());
+    let quoted_pair = preceded(
+        char('\\'),
+        verify(nom::character::complete::anychar, |c| {
+            (' '..='~').contains(c)
+        }),
+    );
     recognize((
         char('"'),
         many0_count(alt((qtext.map(|_| ()), quoted_pair.map(|_| ())))),
@@ -268,7 +274,8 @@ fn address_literal(i: &str) -> Res<'_, &str> {
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 #[cfg(test)]
@@ -284,12 +291,24 @@ mod tests {
         let cases: &[(&str, Mailbox<'static>)] = &[
             ("<alice@example.org>", mailbox_of("alice", "example.org")),
             ("<a.b+c@x-y.example>", mailbox_of("a.b+c", "x-y.example")),
-            ("<\"john doe\"@example.org>", mailbox_of("\"john doe\"", "example.org")),
-            ("<\"a\\\"b\"@example.org>", mailbox_of("\"a\\\"b\"", "example.org")),
+            (
+                "<\"john doe\"@example.org>",
+                mailbox_of("\"john doe\"", "example.org"),
+            ),
+            (
+                "<\"a\\\"b\"@example.org>",
+                mailbox_of("\"a\\\"b\"", "example.org"),
+            ),
             ("<user@[192.0.2.1]>", mailbox_of("user", "[192.0.2.1]")),
-            ("<user@[IPv6:2001:db8::1]>", mailbox_of("user", "[IPv6:2001:db8::1]")),
+            (
+                "<user@[IPv6:2001:db8::1]>",
+                mailbox_of("user", "[IPv6:2001:db8::1]"),
+            ),
             ("<用户@例子.广告>", mailbox_of("用户", "例子.广告")),
-            ("<@relay.example,@b.example:u@d.example>", mailbox_of("u", "d.example")),
+            (
+                "<@relay.example,@b.example:u@d.example>",
+                mailbox_of("u", "d.example"),
+            ),
         ];
         for (wire, want) in cases {
             let (path, rest) = parse_reverse_path(wire).unwrap();
@@ -300,8 +319,14 @@ mod tests {
 
     #[test]
     fn null_sender_and_bare_postmaster_parse() {
-        assert_eq!(parse_reverse_path("<> SIZE=1"), Ok((ReversePath::Null, " SIZE=1")));
-        assert_eq!(parse_forward_path("<PostMaster>"), Ok((ForwardPath::Postmaster, "")));
+        assert_eq!(
+            parse_reverse_path("<> SIZE=1"),
+            Ok((ReversePath::Null, " SIZE=1"))
+        );
+        assert_eq!(
+            parse_forward_path("<PostMaster>"),
+            Ok((ForwardPath::Postmaster, ""))
+        );
         assert!(matches!(
             parse_forward_path("<postmaster@example.org>"),
             Ok((ForwardPath::Mailbox(_), ""))
@@ -327,7 +352,11 @@ mod tests {
             "<user@[IPv6:nonsense]>",
             "<user@[]>",
         ] {
-            assert_eq!(parse_reverse_path(wire).map(|_| ()), Err(PathError::Syntax), "{wire}");
+            assert_eq!(
+                parse_reverse_path(wire).map(|_| ()),
+                Err(PathError::Syntax),
+                "{wire}"
+            );
         }
     }
 
@@ -337,15 +366,25 @@ mod tests {
         let wire = format!("<{local}@example.org>");
         assert!(parse_reverse_path(&wire).is_ok());
         let wire = format!("<{local}a@example.org>");
-        assert_eq!(parse_reverse_path(&wire).map(|_| ()), Err(PathError::TooLong));
+        assert_eq!(
+            parse_reverse_path(&wire).map(|_| ()),
+            Err(PathError::TooLong)
+        );
         let domain = format!("{}.example", "a".repeat(250));
         let wire = format!("<u@{domain}>");
-        assert_eq!(parse_reverse_path(&wire).map(|_| ()), Err(PathError::TooLong));
+        assert_eq!(
+            parse_reverse_path(&wire).map(|_| ()),
+            Err(PathError::TooLong)
+        );
     }
 
     #[test]
     fn paths_write_back_as_read() {
-        for wire in ["<\"john doe\"@example.org>", "<user@[192.0.2.1]>", "<用户@例子.广告>"] {
+        for wire in [
+            "<\"john doe\"@example.org>",
+            "<user@[192.0.2.1]>",
+            "<用户@例子.广告>",
+        ] {
             let (path, _) = parse_reverse_path(wire).unwrap();
             let mut out = Vec::new();
             path.write_to(&mut out);
