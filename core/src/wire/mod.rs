@@ -23,7 +23,13 @@ pub mod path;
 pub mod reply;
 pub mod xtext;
 
-pub use reply::{EnhancedStatus, Reply};
+pub use body::{BdatChunk, DotReader, DotStuffer, MessageSize};
+pub use command::{Command, CommandError, Verb};
+pub use ehlo::{EhloKeywords, EhloReply, SizeLimit};
+pub use line::{Frame, LineReader};
+pub use params::{BodyType, MailParams, Notify, Orcpt, RcptParams, Ret};
+pub use path::{ForwardPath, Mailbox, ReversePath};
+pub use reply::{EnhancedStatus, Reply, ReplyError, ReplyReader, ShadowReplyError};
 
 /// The longest context, shadow message id or database id the shadow protocol allows, in bytes.
 pub const MAX_SHADOW_FIELD: usize = 255;

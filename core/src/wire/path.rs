@@ -157,10 +157,8 @@ pub fn parse_reverse_path(input: &str) -> Result<(ReversePath<'_>, &str), PathEr
 
 /// Parses a forward-path at the start of `input`; returns it and the rest of the input.
 pub fn parse_forward_path(input: &str) -> Result<(ForwardPath<'_>, &str), PathError> {
-    if let Some(head) = input.get(..12) {
-        if head.eq_ignore_ascii_case("<postmaster>") {
-            return Ok((ForwardPath::Postmaster, &input[12..]));
-        }
+    if let Some(rest) = strip_prefix_ignore_case(input, "<postmaster>") {
+        return Ok((ForwardPath::Postmaster, rest));
     }
     let (mailbox, rest) = parse_path(input)?;
     Ok((ForwardPath::Mailbox(mailbox), rest))
