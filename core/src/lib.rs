@@ -20,4 +20,5 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod session;
 pub mod wire;

@@ -1,0 +1,1180 @@
+//! The receiving side of one SMTP connection: [`ServerSession`].
+//!
+//! The session turns the client's bytes into replies and into [`ServerEvent`]s, and it waits
+//! for the caller wherever a decision belongs to the caller: whether a sender or recipient is
+//! accepted, whether a complete message is stored (the final 250 is sent only then, which is
+//! how "durable before 250" and delayed acknowledgement work), whether a peer may shadow
+//! through us and which discard ids to return.
+//!
+//! # Driving it
+//!
+//! Feed bytes with [`ServerSession::handle_input`], then drain
+//! [`ServerSession::poll_transmit`] and [`ServerSession::poll_event`] until both return
+//! `None`; answer each decision event with its method (for example
+//! [`ServerSession::accept_rcpt`]) and drain again. Sleep until input arrives or
+//! [`ServerSession::poll_timeout`]. Stop reading from the socket while
+//! [`ServerSession::may_read`] is false: the session holds back pipelined commands while it
+//! waits for a decision or while too many reply bytes are pending, so memory stays bounded.
+//!
+//! # Pipelining
+//!
+//! Commands are executed strictly one after another; a command waiting for a decision holds
+//! back every command after it. A pipelined batch therefore gets exactly the replies, in the
+//! same order, that the same commands sent one by one would get.
+
+use std::time::{Duration, Instant};
+
+use super::{ApiError, Envelope, FIVE_MINUTES, Recipient};
+use crate::wire::body::{BdatChunk, DotReader, MessageSize};
+use crate::wire::command::{Command, CommandError};
+use crate::wire::ehlo::{EhloKeywords, EhloReply, SizeLimit};
+use crate::wire::line::{Frame, LineReader};
+use crate::wire::params::BodyType;
+use crate::wire::path::{ForwardPath, ReversePath};
+use crate::wire::reply::{EnhancedStatus, Reply};
+
+/// Which shadow-redundancy role the server offers in its EHLO reply (PROTOCOL.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShadowOffer {
+    /// Neither keyword: XSHADOW and XQDISCARD get `502 5.3.3`.
+    #[default]
+    None,
+    /// `XSHADOW`: we can be a primary for shadow servers.
+    XShadow,
+    /// `XSHADOWREQUEST`: peer mode; XSHADOW is accepted too (PROTOCOL.md §7).
+    XShadowRequest,
+}
+
+/// Per-phase server timeouts (RFC 5321 §4.5.3.2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// Waiting for the next command (5 minutes).
+    pub command: Duration,
+    /// Waiting for more of a message's content during DATA or BDAT (5 minutes).
+    pub data: Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        Self {
+            command: FIVE_MINUTES,
+            data: FIVE_MINUTES,
+        }
+    }
+}
+
+/// The phase a server timeout expired in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerPhase {
+    /// Between commands.
+    Command,
+    /// Inside a message's content (DATA or a BDAT chunk).
+    Data,
+}
+
+/// What a server offers and enforces. Shared by all sessions of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Our name, in the greeting and the EHLO reply.
+    pub hostname: String,
+    /// Longest command line, CRLF included (default 4096).
+    pub max_line: usize,
+    /// Largest message in bytes; advertised with SIZE and enforced (`552 5.3.4`).
+    pub max_message_size: u64,
+    /// Most recipients per message (`452 4.5.3` beyond).
+    pub max_recipients: usize,
+    /// Errors (5xx replies caused by the client) before `421` and close.
+    pub max_errors: usize,
+    /// Reply bytes waiting for `poll_transmit` beyond which no further command is executed.
+    pub max_pending_output: usize,
+    /// Offer PIPELINING (RFC 2920).
+    pub pipelining: bool,
+    /// Offer CHUNKING and BINARYMIME (RFC 3030).
+    pub chunking: bool,
+    /// Offer SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// Offer 8BITMIME (RFC 6152).
+    pub eight_bit_mime: bool,
+    /// Offer DSN (RFC 3461).
+    pub dsn: bool,
+    /// Offer STARTTLS (the driver must then be able to start TLS).
+    pub starttls: bool,
+    /// Which shadow keyword to offer.
+    pub shadow: ShadowOffer,
+    /// Accept a bare LF as a command line end (never inside DATA). Off by default.
+    pub lenient_line_ends: bool,
+    /// Per-phase timeouts.
+    pub timeouts: ServerTimeouts,
+}
+
+impl ServerConfig {
+    /// A configuration with the defaults of PROTOCOL.md and RFC 5321 for `hostname`.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            max_line: crate::wire::DEFAULT_MAX_LINE,
+            max_message_size: 36_700_160,
+            max_recipients: 1000,
+            max_errors: 10,
+            max_pending_output: 64 * 1024,
+            pipelining: true,
+            chunking: true,
+            smtputf8: true,
+            eight_bit_mime: true,
+            dsn: true,
+            starttls: false,
+            shadow: ShadowOffer::None,
+            lenient_line_ends: false,
+            timeouts: ServerTimeouts::default(),
+        }
+    }
+}
+
+/// The shadow bookkeeping a received message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShadowTag {
+    /// We are the primary: when the message is handled, queue a discard event with
+    /// `discard_id` for `context` (PROTOCOL.md §4).
+    Primary {
+        /// The shadow server's context from XSHADOW.
+        context: String,
+        /// The `XSHADOW=` id of the message.
+        discard_id: String,
+    },
+    /// Peer mode: this is a shadow copy we keep for `primary` (PROTOCOL.md §7).
+    CopyFor {
+        /// The primary's name from XSHADOWREQUEST.
+        primary: String,
+        /// The primary's database id from XSHADOWREQUEST.
+        database_id: String,
+        /// The `XSHADOW=` id of the message.
+        discard_id: String,
+    },
+}
+
+/// A complete message, handed to the caller to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The EHLO / HELO name the client gave.
+    pub helo: String,
+    /// Sender, recipients and parameters.
+    pub envelope: Envelope,
+    /// The content, un-stuffed, exactly as the client meant it.
+    pub body: Vec<u8>,
+    /// Shadow bookkeeping, when the message came tagged with `XSHADOW=` on a shadowed session.
+    pub shadow: Option<ShadowTag>,
+    /// True when it came with BDAT rather than DATA.
+    pub via_bdat: bool,
+}
+
+/// Why a session closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client said QUIT.
+    Quit,
+    /// The client closed the connection.
+    PeerClosed,
+    /// A timeout expired; `421 4.4.2` was sent.
+    TimedOut(ServerPhase),
+    /// Too many errors; `421 4.7.0` was sent.
+    TooManyErrors,
+    /// The client broke framing (a malformed BDAT size): the stream cannot be trusted.
+    ProtocolError,
+}
+
+/// What the session needs the caller to know or decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A client said EHLO (`extended`) or HELO with this name; informational.
+    Hello {
+        /// The name given.
+        domain: String,
+        /// True for EHLO.
+        extended: bool,
+    },
+    /// Decide on the sender in [`ServerSession::pending_envelope`]: `accept_mail` or
+    /// `reject_mail`.
+    MailFrom,
+    /// Decide on the recipient in [`ServerSession::pending_recipient`]: `accept_rcpt` or
+    /// `reject_rcpt`.
+    RcptTo,
+    /// A message is complete: store it durably, then `message_stored` (or
+    /// `message_rejected`). The final reply waits for that call.
+    MessageComplete(Box<ReceivedMessage>),
+    /// A shadow server introduced itself: `accept_xshadow(database_id)` or `reject_xshadow`.
+    XShadow {
+        /// The shadow context it gave.
+        context: String,
+    },
+    /// A primary asks us to keep shadow copies (peer mode): `accept_shadow_request(context)`
+    /// or `reject_shadow_request`.
+    XShadowRequest {
+        /// The primary's name.
+        primary: String,
+        /// The primary's database id.
+        database_id: String,
+    },
+    /// The shadow asks for discard events: `answer_xqdiscard(ids)` with at most `max` ids,
+    /// oldest first. The ids stay in doubt until [`ServerEvent::DiscardsConfirmed`].
+    XqDiscard {
+        /// The shadow context of this session.
+        context: String,
+        /// The most ids to return.
+        max: u32,
+    },
+    /// The client sent another command after the last XQDISCARD reply with ids, so it read
+    /// them: drop those events for good (PROTOCOL.md §5, ours).
+    DiscardsConfirmed {
+        /// The shadow context of this session.
+        context: String,
+    },
+    /// `220 Ready to start TLS` is queued: write it, run the TLS handshake on this
+    /// connection, then call `tls_established`.
+    StartTls,
+    /// A timeout expired; a `421` is queued and the session is closing.
+    TimedOut(ServerPhase),
+    /// The session is over: write what `poll_transmit` still has, then close.
+    Closed(CloseReason),
+}
+
+/// The decision the session waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Nothing,
+    Mail,
+    Rcpt,
+    Message,
+    XShadow,
+    XShadowRequest,
+    XqDiscard { max: u32 },
+    Tls,
+}
+
+impl Waiting {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Nothing => "not waiting for a decision",
+            Self::Mail => "waiting for a MAIL decision",
+            Self::Rcpt => "waiting for a RCPT decision",
+            Self::Message => "waiting for a message to be stored",
+            Self::XShadow => "waiting for an XSHADOW decision",
+            Self::XShadowRequest => "waiting for an XSHADOWREQUEST decision",
+            Self::XqDiscard { .. } => "waiting for XQDISCARD ids",
+            Self::Tls => "waiting for the TLS handshake",
+        }
+    }
+}
+
+/// How the client greeted us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hello {
+    None,
+    Helo(String),
+    Ehlo(String),
+}
+
+/// The shadow state of the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shadow {
+    None,
+    /// XSHADOW was accepted: we are the primary for this context.
+    Primary {
+        context: String,
+    },
+    /// XSHADOWREQUEST was accepted: we keep copies for this primary.
+    CopyFor {
+        primary: String,
+        database_id: String,
+    },
+}
+
+/// How incoming bytes are read.
+#[derive(Debug)]
+enum Mode {
+    Commands,
+    Data(DotReader),
+    /// A BDAT chunk; `refusal` is the reply owed once its bytes were read and thrown away.
+    Bdat {
+        chunk: BdatChunk,
+        refusal: Option<Reply<'static>>,
+    },
+}
+
+/// A mail transaction in progress.
+#[derive(Debug)]
+struct Transaction {
+    envelope: Envelope,
+    pending_recipient: Option<Recipient>,
+    body: Vec<u8>,
+    size: MessageSize,
+    /// A BDAT chunk was received: DATA is now out of sequence.
+    bdat_started: bool,
+}
+
+/// The receiving side of one SMTP connection, as a pure state machine.
+#[derive(Debug)]
+pub struct ServerSession {
+    config: std::sync::Arc<ServerConfig>,
+    may_shadow: bool,
+    tls_active: bool,
+    hello: Hello,
+    shadow: Shadow,
+    transaction: Option<Transaction>,
+    mode: Mode,
+    waiting: Waiting,
+    /// An XQDISCARD reply with ids was sent and not yet proven read.
+    discards_in_doubt: bool,
+    errors: usize,
+    closed: bool,
+    lines: LineReader,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    events: std::collections::VecDeque<ServerEvent>,
+    now: Instant,
+    last_activity: Instant,
+}
+
+fn enhanced(class: u8, subject: u16, detail: u16) -> Option<EnhancedStatus> {
+    Some(EnhancedStatus::new(class, subject, detail))
+}
+
+fn reply(code: u16, status: Option<EnhancedStatus>, text: &'static str) -> Reply<'static> {
+    Reply::new(code, status, text)
+}
+
+impl ServerSession {
+    /// A session for a new connection; queues the `220` greeting. `may_shadow` says whether
+    /// this peer may use XSHADOW / XSHADOWREQUEST (otherwise `550 5.7.1 Not authorized`).
+    pub fn new(config: std::sync::Arc<ServerConfig>, may_shadow: bool, now: Instant) -> Self {
+        let lines = LineReader::new(config.max_line).lenient(config.lenient_line_ends);
+        let mut session = Self {
+            config,
+            may_shadow,
+            tls_active: false,
+            hello: Hello::None,
+            shadow: Shadow::None,
+            transaction: None,
+            mode: Mode::Commands,
+            waiting: Waiting::Nothing,
+            discards_in_doubt: false,
+            errors: 0,
+            closed: false,
+            lines,
+            input: Vec::new(),
+            output: Vec::with_capacity(512),
+            events: std::collections::VecDeque::new(),
+            now,
+            last_activity: now,
+        };
+        let greeting = format!("{} ESMTP xshadow", session.config.hostname);
+        session.send(&Reply::new(220, None, greeting));
+        session
+    }
+
+    // ---- the driver's side -------------------------------------------------------------
+
+    /// Takes bytes the client sent. Bytes that cannot be handled yet (pipelined commands
+    /// behind a pending decision) are kept and handled later; stop reading while
+    /// [`ServerSession::may_read`] is false to keep that bounded.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        self.now = now;
+        if self.closed || data.is_empty() || self.waiting == Waiting::Tls {
+            return;
+        }
+        self.last_activity = now;
+        if self.input.is_empty() {
+            let used = self.process(data);
+            if self.keeps_input() {
+                self.input.extend_from_slice(&data[used..]);
+            }
+        } else {
+            self.input.extend_from_slice(data);
+            self.process_buffered();
+        }
+    }
+
+    /// The client closed its side of the connection.
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.now = now;
+        if !self.closed {
+            self.close(CloseReason::PeerClosed);
+        }
+    }
+
+    /// Fires an expired timer: `421 4.4.2` and close. Early calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let Some(deadline) = self.poll_timeout() else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        let phase = self.phase();
+        let text = format!(
+            "{} Timeout waiting for client, closing",
+            self.config.hostname
+        );
+        self.send(&Reply::new(421, enhanced(4, 4, 2), text));
+        self.events.push_back(ServerEvent::TimedOut(phase));
+        self.close(CloseReason::TimedOut(phase));
+    }
+
+    /// When to call [`ServerSession::handle_timeout`]; `None` while the session waits for the
+    /// caller (the client is then waiting for us) or is closed.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed || self.waiting != Waiting::Nothing {
+            return None;
+        }
+        let timeout = match self.phase() {
+            ServerPhase::Command => self.config.timeouts.command,
+            ServerPhase::Data => self.config.timeouts.data,
+        };
+        Some(self.last_activity + timeout)
+    }
+
+    /// Appends pending reply bytes to `out`; returns how many, or `None` if there were none.
+    /// Draining may let held-back pipelined commands run, so drain events again afterwards.
+    #[must_use]
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> Option<usize> {
+        if self.output.is_empty() {
+            return None;
+        }
+        let n = self.output.len();
+        out.append(&mut self.output);
+        if !self.input.is_empty() {
+            self.process_buffered();
+        }
+        Some(n)
+    }
+
+    /// The next event, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// False while input is being held back (a decision is pending, replies are piling up,
+    /// or the session is closed): stop reading the socket until it is true again.
+    pub fn may_read(&self) -> bool {
+        !self.closed
+            && self.waiting == Waiting::Nothing
+            && self.output.len() < self.config.max_pending_output
+            && self.input.len() < self.config.max_line.max(64 * 1024)
+    }
+
+    /// True once the session has closed (QUIT, timeout, too many errors, peer gone).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// True after `tls_established`.
+    pub fn is_tls(&self) -> bool {
+        self.tls_active
+    }
+
+    /// The envelope being built: the sender while [`ServerEvent::MailFrom`] waits, and the
+    /// accepted recipients so far.
+    pub fn pending_envelope(&self) -> Option<&Envelope> {
+        self.transaction.as_ref().map(|t| &t.envelope)
+    }
+
+    /// The recipient [`ServerEvent::RcptTo`] asks about.
+    pub fn pending_recipient(&self) -> Option<&Recipient> {
+        self.transaction.as_ref()?.pending_recipient.as_ref()
+    }
+
+    /// The shadow context accepted with XSHADOW in this session, if any.
+    pub fn shadow_context(&self) -> Option<&str> {
+        match &self.shadow {
+            Shadow::Primary { context } => Some(context),
+            _ => None,
+        }
+    }
+
+    // ---- decisions ---------------------------------------------------------------------
+
+    fn expect(&self, want: Waiting, call: &'static str) -> Result<(), ApiError> {
+        let same = std::mem::discriminant(&self.waiting) == std::mem::discriminant(&want);
+        if same && !self.closed {
+            Ok(())
+        } else {
+            let state = if self.closed {
+                "closed"
+            } else {
+                self.waiting.describe()
+            };
+            Err(ApiError { call, state })
+        }
+    }
+
+    /// Sends the reply that ends a decision and resumes held-back input.
+    fn decided(&mut self, answer: &Reply<'_>, now: Instant) {
+        self.now = now;
+        self.last_activity = now;
+        self.waiting = Waiting::Nothing;
+        self.send(answer);
+        self.process_buffered();
+    }
+
+    /// Accepts the sender: `250 2.1.0 Sender OK`.
+    pub fn accept_mail(&mut self, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::Mail, "accept_mail")?;
+        self.decided(&reply(250, enhanced(2, 1, 0), "Sender OK"), now);
+        Ok(())
+    }
+
+    /// Refuses the sender with `answer`; the transaction ends.
+    pub fn reject_mail(&mut self, answer: Reply<'_>, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::Mail, "reject_mail")?;
+        self.transaction = None;
+        self.decided(&answer, now);
+        Ok(())
+    }
+
+    /// Accepts the pending recipient: `250 2.1.5 Recipient OK`.
+    pub fn accept_rcpt(&mut self, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::Rcpt, "accept_rcpt")?;
+        if let Some(t) = self.transaction.as_mut()
+            && let Some(r) = t.pending_recipient.take()
+        {
+            t.envelope.recipients.push(r);
+        }
+        self.decided(&reply(250, enhanced(2, 1, 5), "Recipient OK"), now);
+        Ok(())
+    }
+
+    /// Refuses the pending recipient with `answer` (for example `550 5.7.1 Relaying denied`).
+    pub fn reject_rcpt(&mut self, answer: Reply<'_>, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::Rcpt, "reject_rcpt")?;
+        if let Some(t) = self.transaction.as_mut() {
+            t.pending_recipient = None;
+        }
+        self.decided(&answer, now);
+        Ok(())
+    }
+
+    /// The message is stored durably: `250 2.6.0 Queued mail for delivery`.
+    pub fn message_stored(&mut self, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::Message, "message_stored")?;
+        self.decided(
+            &reply(250, enhanced(2, 6, 0), "Queued mail for delivery"),
+            now,
+        );
+        Ok(())
+    }
+
+    /// The message was not taken (for example `452 4.3.1 Insufficient system storage`).
+    pub fn message_rejected(&mut self, answer: Reply<'_>, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::Message, "message_rejected")?;
+        self.decided(&answer, now);
+        Ok(())
+    }
+
+    /// Accepts the shadow server: `250 <database_id>` (PROTOCOL.md §3).
+    pub fn accept_xshadow(&mut self, database_id: &str, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::XShadow, "accept_xshadow")?;
+        self.decided(&Reply::xshadow_accepted(database_id), now);
+        Ok(())
+    }
+
+    /// Refuses the shadow server with `answer`; the session goes on unshadowed.
+    pub fn reject_xshadow(&mut self, answer: Reply<'_>, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::XShadow, "reject_xshadow")?;
+        self.shadow = Shadow::None;
+        self.decided(&answer, now);
+        Ok(())
+    }
+
+    /// Accepts to keep copies for the requesting primary: `250 <our context>` (PROTOCOL.md §7).
+    pub fn accept_shadow_request(&mut self, context: &str, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::XShadowRequest, "accept_shadow_request")?;
+        self.decided(&Reply::xshadowrequest_accepted(context), now);
+        Ok(())
+    }
+
+    /// Refuses to keep copies for the requesting primary.
+    pub fn reject_shadow_request(
+        &mut self,
+        answer: Reply<'_>,
+        now: Instant,
+    ) -> Result<(), ApiError> {
+        self.expect(Waiting::XShadowRequest, "reject_shadow_request")?;
+        self.shadow = Shadow::None;
+        self.decided(&answer, now);
+        Ok(())
+    }
+
+    /// Answers XQDISCARD with these discard ids, oldest first: `251` when there are none,
+    /// else a `250` list of at most `max` of them (PROTOCOL.md §5). Returns how many were
+    /// sent; those stay in doubt until [`ServerEvent::DiscardsConfirmed`].
+    pub fn answer_xqdiscard<S: AsRef<str>>(
+        &mut self,
+        ids: &[S],
+        now: Instant,
+    ) -> Result<usize, ApiError> {
+        self.expect(Waiting::XqDiscard { max: 0 }, "answer_xqdiscard")?;
+        let Waiting::XqDiscard { max } = self.waiting else {
+            return Ok(0);
+        };
+        let take = ids.len().min(usize::try_from(max).unwrap_or(usize::MAX));
+        let sent = &ids[..take];
+        self.discards_in_doubt = !sent.is_empty();
+        let answer = Reply::discard_ids(sent.iter().map(AsRef::as_ref));
+        self.decided(&answer, now);
+        Ok(take)
+    }
+
+    /// The TLS handshake after STARTTLS finished: the session starts over, before EHLO, and
+    /// forgets its shadow state (RFC 3207; PROTOCOL.md §3).
+    pub fn tls_established(&mut self, now: Instant) -> Result<(), ApiError> {
+        self.expect(Waiting::Tls, "tls_established")?;
+        self.tls_active = true;
+        self.hello = Hello::None;
+        self.shadow = Shadow::None;
+        self.transaction = None;
+        self.input.clear();
+        self.now = now;
+        self.last_activity = now;
+        self.waiting = Waiting::Nothing;
+        Ok(())
+    }
+
+    // ---- the machine -------------------------------------------------------------------
+
+    fn phase(&self) -> ServerPhase {
+        match self.mode {
+            Mode::Commands => ServerPhase::Command,
+            Mode::Data(_) | Mode::Bdat { .. } => ServerPhase::Data,
+        }
+    }
+
+    fn send(&mut self, answer: &Reply<'_>) {
+        answer.write_to(&mut self.output);
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        self.closed = true;
+        self.transaction = None;
+        self.mode = Mode::Commands;
+        self.input = Vec::new();
+        self.events.push_back(ServerEvent::Closed(reason));
+    }
+
+    fn process_buffered(&mut self) {
+        let input = std::mem::take(&mut self.input);
+        let used = self.process(&input);
+        if !self.keeps_input() {
+            return;
+        }
+        // Keep the allocation: new input is appended behind what is left.
+        let mut input = input;
+        input.drain(..used);
+        input.append(&mut self.input);
+        self.input = input;
+    }
+
+    /// Handles as much of `buf` as the state allows; returns how many bytes were used.
+    fn process(&mut self, buf: &[u8]) -> usize {
+        let mut at = 0;
+        while !self.closed
+            && self.waiting == Waiting::Nothing
+            && self.output.len() < self.config.max_pending_output
+        {
+            let rest = &buf[at..];
+            let used = match &mut self.mode {
+                Mode::Commands => {
+                    let (frame, used) = self.lines.read(rest);
+                    match frame {
+                        Frame::NeedMore => {
+                            at += used;
+                            break;
+                        }
+                        Frame::TooLong => {
+                            self.confirm_discards();
+                            self.error(&Reply::line_too_long());
+                        }
+                        Frame::Line(line) => {
+                            self.confirm_discards();
+                            self.command(line);
+                        }
+                    }
+                    used
+                }
+                Mode::Data(reader) => {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let Some(t) = self.transaction.as_mut() else {
+                        self.mode = Mode::Commands;
+                        continue;
+                    };
+                    let progress = reader.read(rest, &mut t.body);
+                    if progress.done {
+                        let over = reader.is_over_limit();
+                        self.mode = Mode::Commands;
+                        self.data_done(over);
+                    }
+                    progress.consumed
+                }
+                Mode::Bdat { chunk, refusal } => {
+                    let (data, complete) = chunk.take(rest);
+                    let used = data.len();
+                    if refusal.is_none()
+                        && let Some(t) = self.transaction.as_mut()
+                    {
+                        if !t.size.would_exceed(data.len() as u64) {
+                            t.body.extend_from_slice(data);
+                        }
+                        t.size.add(data.len() as u64);
+                    }
+                    if complete {
+                        let (chunk, refusal) = (*chunk, refusal.take());
+                        self.mode = Mode::Commands;
+                        self.bdat_done(chunk, refusal);
+                    } else if used == 0 {
+                        break;
+                    }
+                    used
+                }
+            };
+            at += used;
+        }
+        at
+    }
+
+    /// False once nothing more of this stream will be read: after close, and after
+    /// STARTTLS, where pipelined plaintext must not survive into the TLS session.
+    fn keeps_input(&self) -> bool {
+        !self.closed && self.waiting != Waiting::Tls
+    }
+
+    fn confirm_discards(&mut self) {
+        if std::mem::take(&mut self.discards_in_doubt)
+            && let Shadow::Primary { context } = &self.shadow
+        {
+            let context = context.clone();
+            self.events
+                .push_back(ServerEvent::DiscardsConfirmed { context });
+        }
+    }
+
+    /// Sends an error reply caused by the client and counts it; too many close the session.
+    fn error(&mut self, answer: &Reply<'_>) {
+        self.send(answer);
+        self.errors += 1;
+        if self.errors >= self.config.max_errors {
+            let text = format!("{} Too many errors, closing", self.config.hostname);
+            self.send(&Reply::new(421, enhanced(4, 7, 0), text));
+            self.close(CloseReason::TooManyErrors);
+        }
+    }
+
+    fn wait(&mut self, waiting: Waiting, event: ServerEvent) {
+        self.waiting = waiting;
+        self.events.push_back(event);
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    fn advertises_xshadow(&self) -> bool {
+        self.config.shadow != ShadowOffer::None
+    }
+
+    /// Every command's transition, in one place.
+    fn command(&mut self, line: &[u8]) {
+        let command = match Command::parse(line) {
+            Ok(command) => command,
+            Err(err) => return self.refuse_malformed(&err),
+        };
+        match command {
+            Command::Ehlo { domain } => self.hello(domain.into_owned(), true),
+            Command::Helo { domain } => self.hello(domain.into_owned(), false),
+            Command::Mail { from, params } => {
+                if let Some(refusal) = self.mail_refusal(&from, &params) {
+                    return self.error(&refusal);
+                }
+                let size = MessageSize::new(self.config.max_message_size);
+                self.transaction = Some(Transaction {
+                    envelope: Envelope {
+                        from: from.into_owned(),
+                        params: params.into_owned(),
+                        recipients: Vec::new(),
+                    },
+                    pending_recipient: None,
+                    body: Vec::new(),
+                    size,
+                    bdat_started: false,
+                });
+                self.wait(Waiting::Mail, ServerEvent::MailFrom);
+            }
+            Command::Rcpt { to, params } => {
+                if let Some(refusal) = self.rcpt_refusal(&to, &params) {
+                    return self.error(&refusal);
+                }
+                if let Some(t) = self.transaction.as_mut() {
+                    t.pending_recipient = Some(Recipient {
+                        to: to.into_owned(),
+                        params: params.into_owned(),
+                    });
+                }
+                self.wait(Waiting::Rcpt, ServerEvent::RcptTo);
+            }
+            Command::Data => match &self.transaction {
+                None => self.error(&reply(503, enhanced(5, 5, 1), "Need MAIL command")),
+                Some(t)
+                    if t.bdat_started || t.envelope.params.body == Some(BodyType::BinaryMime) =>
+                {
+                    self.error(&Reply::bad_sequence())
+                }
+                Some(t) if t.envelope.recipients.is_empty() => {
+                    self.error(&reply(554, enhanced(5, 5, 1), "No valid recipients"))
+                }
+                Some(_) => {
+                    self.send(&reply(
+                        354,
+                        None,
+                        "Start mail input; end with <CRLF>.<CRLF>",
+                    ));
+                    self.mode = Mode::Data(DotReader::with_limit(self.config.max_message_size));
+                }
+            },
+            Command::Bdat { size, last } => {
+                let refusal = if !self.config.chunking {
+                    Some(reply(502, enhanced(5, 5, 1), "Command not implemented"))
+                } else {
+                    match &self.transaction {
+                        None => Some(reply(503, enhanced(5, 5, 1), "Need MAIL command")),
+                        Some(t) if t.envelope.recipients.is_empty() => {
+                            Some(reply(554, enhanced(5, 5, 1), "No valid recipients"))
+                        }
+                        Some(_) => None,
+                    }
+                };
+                if let Some(t) = self.transaction.as_mut().filter(|_| refusal.is_none()) {
+                    t.bdat_started = true;
+                }
+                let chunk = BdatChunk::new(size, last);
+                self.mode = Mode::Bdat { chunk, refusal };
+            }
+            Command::Rset => {
+                self.transaction = None;
+                self.send(&reply(250, enhanced(2, 0, 0), "OK"));
+            }
+            Command::Noop => self.send(&reply(250, enhanced(2, 0, 0), "OK")),
+            Command::Quit => {
+                self.send(&reply(
+                    221,
+                    enhanced(2, 0, 0),
+                    "Service closing transmission channel",
+                ));
+                self.close(CloseReason::Quit);
+            }
+            Command::Vrfy { .. } => self.send(&reply(
+                252,
+                enhanced(2, 5, 2),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Help { .. } => self.send(&reply(
+                214,
+                enhanced(2, 0, 0),
+                "EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS XSHADOW XQDISCARD",
+            )),
+            Command::StartTls => {
+                if !self.config.starttls || self.tls_active {
+                    self.error(&reply(502, enhanced(5, 5, 1), "Command not implemented"))
+                } else if self.in_transaction() {
+                    self.error(&Reply::bad_sequence())
+                } else {
+                    self.send(&reply(220, enhanced(2, 0, 0), "Ready to start TLS"));
+                    // Anything pipelined behind STARTTLS was sent in the clear: it is dropped
+                    // (see `keeps_input`).
+                    self.waiting = Waiting::Tls;
+                    self.events.push_back(ServerEvent::StartTls);
+                }
+            }
+            Command::XShadow { context } => {
+                if let Some(refusal) = self.xshadow_refusal(false) {
+                    return self.error(&refusal);
+                }
+                let context = context.into_owned();
+                self.shadow = Shadow::Primary {
+                    context: context.clone(),
+                };
+                self.wait(Waiting::XShadow, ServerEvent::XShadow { context });
+            }
+            Command::XShadowRequest {
+                primary,
+                database_id,
+            } => {
+                if let Some(refusal) = self.xshadow_refusal(true) {
+                    return self.error(&refusal);
+                }
+                let (primary, database_id) = (primary.into_owned(), database_id.into_owned());
+                self.shadow = Shadow::CopyFor {
+                    primary: primary.clone(),
+                    database_id: database_id.clone(),
+                };
+                self.wait(
+                    Waiting::XShadowRequest,
+                    ServerEvent::XShadowRequest {
+                        primary,
+                        database_id,
+                    },
+                );
+            }
+            Command::XqDiscard { max } => {
+                if let Some(refusal) = self.xqdiscard_refusal() {
+                    return self.error(&refusal);
+                }
+                if let Shadow::Primary { context } = &self.shadow {
+                    let context = context.clone();
+                    self.wait(
+                        Waiting::XqDiscard { max },
+                        ServerEvent::XqDiscard { context, max },
+                    );
+                }
+            }
+            Command::Unknown { .. } => {
+                self.error(&reply(500, enhanced(5, 5, 1), "Command unrecognized"))
+            }
+        }
+    }
+
+    /// A known verb with bad arguments: the shadow verbs check the session state first
+    /// (PROTOCOL.md §3, §5, §7); BDAT without a usable size leaves the stream unframed.
+    fn refuse_malformed(&mut self, err: &CommandError) {
+        use crate::wire::command::Verb;
+        let state_refusal = match err.verb {
+            Some(Verb::XShadow) => self.xshadow_refusal(false),
+            Some(Verb::XShadowRequest) => self.xshadow_refusal(true),
+            Some(Verb::XqDiscard) => self.xqdiscard_refusal(),
+            _ => None,
+        };
+        self.error(&state_refusal.unwrap_or_else(|| err.reply()));
+        if err.verb == Some(Verb::Bdat) && !self.closed {
+            self.close(CloseReason::ProtocolError);
+        }
+    }
+
+    fn hello(&mut self, domain: String, extended: bool) {
+        // EHLO and HELO end any transaction (RFC 5321 §4.1.4); shadow state stays (ours).
+        self.transaction = None;
+        let answer = if extended {
+            let mut reply = EhloReply::new(self.config.hostname.clone());
+            reply.keywords = self.keywords();
+            reply.to_reply().into_owned()
+        } else {
+            Reply::new(250, None, self.config.hostname.clone())
+        };
+        self.send(&answer);
+        self.hello = if extended {
+            Hello::Ehlo(domain.clone())
+        } else {
+            Hello::Helo(domain.clone())
+        };
+        self.events
+            .push_back(ServerEvent::Hello { domain, extended });
+    }
+
+    fn keywords(&self) -> EhloKeywords<'static> {
+        let c = &self.config;
+        EhloKeywords {
+            pipelining: c.pipelining,
+            size: Some(SizeLimit::Max(c.max_message_size)),
+            eight_bit_mime: c.eight_bit_mime,
+            chunking: c.chunking,
+            binary_mime: c.chunking,
+            smtputf8: c.smtputf8,
+            enhanced_status_codes: true,
+            dsn: c.dsn,
+            starttls: c.starttls && !self.tls_active,
+            xshadow: c.shadow == ShadowOffer::XShadow,
+            xshadow_request: c.shadow == ShadowOffer::XShadowRequest,
+            other: Default::default(),
+        }
+    }
+
+    /// PROTOCOL.md §3 (and §7 for XSHADOWREQUEST), in the table's order.
+    fn xshadow_refusal(&self, request: bool) -> Option<Reply<'static>> {
+        let already = match &self.shadow {
+            Shadow::None => false,
+            // Peer mode repeats XSHADOWREQUEST after RSET for each message (PROTOCOL.md §7).
+            Shadow::CopyFor { .. } => !request,
+            Shadow::Primary { .. } => true,
+        };
+        let advertised = if request {
+            self.config.shadow == ShadowOffer::XShadowRequest
+        } else {
+            self.advertises_xshadow()
+        };
+        if already {
+            Some(Reply::bad_sequence())
+        } else if !matches!(self.hello, Hello::Ehlo(_)) {
+            Some(Reply::send_ehlo_first())
+        } else if self.in_transaction() {
+            Some(Reply::bad_sequence())
+        } else if !advertised {
+            Some(Reply::command_not_implemented())
+        } else if !self.may_shadow {
+            Some(Reply::not_authorized())
+        } else {
+            None
+        }
+    }
+
+    /// PROTOCOL.md §5, in the table's order.
+    fn xqdiscard_refusal(&self) -> Option<Reply<'static>> {
+        if !self.advertises_xshadow() {
+            Some(Reply::command_not_implemented())
+        } else if !matches!(self.shadow, Shadow::Primary { .. }) || self.in_transaction() {
+            Some(Reply::bad_sequence())
+        } else {
+            None
+        }
+    }
+
+    fn mail_refusal(
+        &self,
+        from: &ReversePath<'_>,
+        params: &crate::wire::params::MailParams<'_>,
+    ) -> Option<Reply<'static>> {
+        let c = &self.config;
+        if self.hello == Hello::None {
+            return Some(reply(503, enhanced(5, 5, 1), "Send HELO or EHLO first"));
+        }
+        if self.in_transaction() {
+            return Some(reply(503, enhanced(5, 5, 1), "Nested MAIL command"));
+        }
+        if params.xshadow.is_some() && self.shadow == Shadow::None {
+            return Some(Reply::invalid_arguments());
+        }
+        if params.size.is_some_and(|size| size > c.max_message_size) {
+            return Some(size_exceeded());
+        }
+        let unsupported = (params.body == Some(BodyType::BinaryMime) && !c.chunking)
+            || (params.body == Some(BodyType::EightBitMime) && !c.eight_bit_mime)
+            || (params.smtputf8 && !c.smtputf8)
+            || ((params.ret.is_some() || params.envid.is_some()) && !c.dsn)
+            || !params.other.is_empty();
+        if unsupported {
+            return Some(reply(555, enhanced(5, 5, 4), "Unsupported parameter"));
+        }
+        if from.mailbox().is_some_and(|m| m.needs_smtputf8()) && !params.smtputf8 {
+            return Some(non_ascii_needs_smtputf8());
+        }
+        None
+    }
+
+    fn rcpt_refusal(
+        &self,
+        to: &ForwardPath<'_>,
+        params: &crate::wire::params::RcptParams<'_>,
+    ) -> Option<Reply<'static>> {
+        let Some(t) = &self.transaction else {
+            return Some(reply(503, enhanced(5, 5, 1), "Need MAIL command"));
+        };
+        if t.bdat_started {
+            return Some(Reply::bad_sequence());
+        }
+        if t.envelope.recipients.len() >= self.config.max_recipients {
+            return Some(reply(452, enhanced(4, 5, 3), "Too many recipients"));
+        }
+        let dsn = params.notify.is_some() || params.orcpt.is_some();
+        if (dsn && !self.config.dsn) || !params.other.is_empty() {
+            return Some(reply(555, enhanced(5, 5, 4), "Unsupported parameter"));
+        }
+        let utf8 = matches!(to, ForwardPath::Mailbox(m) if m.needs_smtputf8());
+        if utf8 && !t.envelope.params.smtputf8 {
+            return Some(non_ascii_needs_smtputf8());
+        }
+        None
+    }
+
+    /// The end of DATA: too big, or complete and handed to the caller.
+    fn data_done(&mut self, over_limit: bool) {
+        if over_limit {
+            self.transaction = None;
+            return self.send(&size_exceeded());
+        }
+        self.complete(false);
+    }
+
+    /// The end of one BDAT chunk.
+    fn bdat_done(&mut self, chunk: BdatChunk, refusal: Option<Reply<'static>>) {
+        if let Some(refusal) = refusal {
+            return self.error(&refusal);
+        }
+        let over = self
+            .transaction
+            .as_ref()
+            .is_some_and(|t| t.size.is_over_limit());
+        if !chunk.is_last() {
+            let text = format!("{} octets received", chunk.size());
+            return self.send(&Reply::new(250, enhanced(2, 0, 0), text));
+        }
+        if over {
+            self.transaction = None;
+            return self.send(&size_exceeded());
+        }
+        self.complete(true);
+    }
+
+    fn complete(&mut self, via_bdat: bool) {
+        let Some(t) = self.transaction.take() else {
+            return;
+        };
+        let helo = match &self.hello {
+            Hello::None => String::new(),
+            Hello::Helo(name) | Hello::Ehlo(name) => name.clone(),
+        };
+        let shadow = t.envelope.params.xshadow.as_ref().and_then(|id| {
+            let discard_id = id.to_string();
+            match &self.shadow {
+                Shadow::None => None,
+                Shadow::Primary { context } => Some(ShadowTag::Primary {
+                    context: context.clone(),
+                    discard_id,
+                }),
+                Shadow::CopyFor {
+                    primary,
+                    database_id,
+                } => Some(ShadowTag::CopyFor {
+                    primary: primary.clone(),
+                    database_id: database_id.clone(),
+                    discard_id,
+                }),
+            }
+        });
+        let message = ReceivedMessage {
+            helo,
+            envelope: t.envelope,
+            body: t.body,
+            shadow,
+            via_bdat,
+        };
+        self.wait(
+            Waiting::Message,
+            ServerEvent::MessageComplete(Box::new(message)),
+        );
+    }
+}
+
+fn size_exceeded() -> Reply<'static> {
+    reply(
+        552,
+        enhanced(5, 3, 4),
+        "Message size exceeds fixed maximum message size",
+    )
+}
+
+fn non_ascii_needs_smtputf8() -> Reply<'static> {
+    reply(
+        553,
+        enhanced(5, 6, 7),
+        "Non-ASCII addresses require SMTPUTF8",
+    )
+}
