@@ -9,6 +9,7 @@
 //! changes the state, drain `poll_transmit` and `poll_event` until they return `None`, then
 //! wait for input or `poll_timeout()`.
 
+pub mod client;
 pub mod server;
 
 use std::fmt;
@@ -17,6 +18,10 @@ use std::time::Duration;
 use crate::wire::params::{MailParams, RcptParams};
 use crate::wire::path::{ForwardPath, ReversePath};
 
+pub use client::{
+    Breach, ClientConfig, ClientEvent, ClientPhase, ClientSession, ClientTimeouts, ConfigError,
+    OutboundMessage, RecipientOutcome, SessionFailure,
+};
 pub use server::{
     ReceivedMessage, ServerConfig, ServerEvent, ServerPhase, ServerSession, ServerTimeouts,
     ShadowOffer, ShadowTag,
@@ -53,7 +58,11 @@ pub struct ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} called while the session is {}", self.call, self.state)
+        write!(
+            f,
+            "{} called while the session is {}",
+            self.call, self.state
+        )
     }
 }
 
