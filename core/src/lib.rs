@@ -17,8 +17,14 @@
 //!
 //! - [`wire`]: bytes to typed values and back: commands, replies, EHLO keywords, paths,
 //!   parameters, line framing and the body codecs (dot-stuffing, BDAT chunks).
+//! - [`session`]: one SMTP connection on each side, [`session::ServerSession`] and
+//!   [`session::ClientSession`], with the XSHADOW / XQDISCARD rules.
+//! - [`shadow`]: the redundancy bookkeeping: [`shadow::ShadowQueues`] (copies a sender keeps
+//!   per primary, heartbeats, resubmission) and [`shadow::DiscardLedger`] (discard events a
+//!   primary owes its shadows).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod session;
+pub mod shadow;
 pub mod wire;

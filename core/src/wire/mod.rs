@@ -1,7 +1,7 @@
 //! The SMTP wire codec: every byte that crosses a connection, parsed into typed values that
 //! borrow the input and written back.
 //!
-//! - [`line`]: incremental CRLF framing with a length limit that never buffers an over-long
+//! - [`line`](mod@line): incremental CRLF framing with a length limit that never buffers an over-long
 //!   line.
 //! - [`command`]: [`Command`] (client to server) and its parser and writer.
 //! - [`path`] and [`params`]: RFC 5321 paths and the MAIL / RCPT parameters, XSHADOW included.

@@ -1,0 +1,1109 @@
+//! Shadow queues: the copies a shadow server (the sending side) holds per primary, with the
+//! primary's database id, the heartbeat schedule, failure counts, resubmission and
+//! auto-discard (PROTOCOL.md §3, §5, §6).
+//!
+//! # Life of a copy
+//!
+//! 1. The primary says 250 to a message sent with `XSHADOW=<shadow id>`: [`ShadowQueues::add_copy`].
+//! 2. An XQDISCARD reply names the shadow id: [`ShadowQueues::discard`] drops the copy (the
+//!    primary passed the message on).
+//! 3. Or the copy is given up on and returned for resubmission: the primary's database id
+//!    changed ([`ShadowQueues::observe_database_id`], also checked by `add_copy`), the
+//!    primary failed `ceil(resubmit_after / heartbeat_interval)` heartbeats in a row
+//!    ([`ShadowQueues::heartbeat_failed`]), or it broke the protocol
+//!    ([`ShadowQueues::protocol_breach`]).
+//! 4. Or it reaches `auto_discard` age: [`ShadowQueues::expire`] drops it.
+//!
+//! # Heartbeats
+//!
+//! While a primary holds copies, a heartbeat is due `heartbeat_interval` after the first copy
+//! arrived (queue went from empty to non-empty) or after the last successful contact
+//! ([`ShadowQueues::heartbeat_succeeded`]: any session that ended with a good XQDISCARD).
+//! [`ShadowQueues::poll_heartbeat`] hands out each due heartbeat once; the caller runs it and
+//! answers with `heartbeat_succeeded` or `heartbeat_failed`. After a failure the next slot is
+//! one interval after the failed one (fixed rate), so with prompt heartbeats the copies of a
+//! dead primary are resubmitted between `resubmit_after` and `resubmit_after +
+//! heartbeat_interval` after the last successful contact. A failure reported when no
+//! heartbeat of that primary is outstanding or due (say, a normal session that could not
+//! connect) is ignored: at most one failure counts per slot, so reporting too often never
+//! resubmits early.
+//!
+//! # Cost
+//!
+//! Each primary keeps its copies ordered by arrival time (oldest first) plus a hash index by
+//! shadow id. `add_copy` and each dropped copy cost O(log n) for n copies of that primary.
+//! `poll_timeout`, `poll_heartbeat` and `expire` look at one heartbeat slot and the oldest copy
+//! of each primary: O(primaries) per call, plus O(log n) per copy `expire` actually drops —
+//! never a scan of all copies. Primaries are the configured next hops: few.
+//!
+//! # Recovery
+//!
+//! To rebuild from durable records, replay `add_copy` with each copy's recorded time (oldest
+//! first) and `discard` for each recorded discard; heartbeats then fall due at once, and the
+//! failure count starts again from zero.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::{MessageId, ascii_lowercase};
+
+/// Timers of the shadow side (PROTOCOL.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowConfig {
+    /// Longest wait between heartbeats to a primary that holds copies (default 2 min).
+    pub heartbeat_interval: Duration,
+    /// How long a primary may fail every heartbeat before its copies are resubmitted (3 h).
+    pub resubmit_after: Duration,
+    /// Lifetime of a shadow copy (default 2 days).
+    pub auto_discard: Duration,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_mins(2),
+            resubmit_after: Duration::from_hours(3),
+            auto_discard: Duration::from_hours(48),
+        }
+    }
+}
+
+impl ShadowConfig {
+    /// Consecutive failed heartbeats that resubmit: `ceil(resubmit_after / heartbeat_interval)`, at least 1.
+    #[must_use]
+    pub fn failure_threshold(&self) -> u64 {
+        let interval = self.heartbeat_interval.as_nanos().max(1);
+        let threshold = self.resubmit_after.as_nanos().div_ceil(interval).max(1);
+        u64::try_from(threshold).unwrap_or(u64::MAX)
+    }
+}
+
+/// What an XQDISCARD reply did to a primary's queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discarded {
+    /// Messages whose copies were dropped, in the order of the ids in the reply.
+    pub dropped: Vec<MessageId>,
+    /// Ids that matched no copy held for that primary (already gone, or never ours).
+    pub unknown: usize,
+}
+
+/// One copy held in a shadow queue, as seen by introspection (the `queue` CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldCopy<'a> {
+    /// The primary that accepted the message.
+    pub primary: &'a str,
+    /// The message the copy belongs to.
+    pub message: MessageId,
+    /// The `XSHADOW=` id the message was sent with.
+    pub shadow_id: &'a str,
+    /// When the primary accepted it.
+    pub added: Instant,
+}
+
+impl HeldCopy<'_> {
+    /// How long the copy has been held at `now`.
+    #[must_use]
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.added)
+    }
+}
+
+/// Where a primary's heartbeat stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heartbeat {
+    /// No copies: no heartbeat.
+    Idle,
+    /// Copies held; the next heartbeat is due then (`None`: the interval is too large to
+    /// represent, so never).
+    Waiting(Option<Instant>),
+    /// Handed out by `poll_heartbeat` for the slot due then; awaiting its outcome.
+    InFlight(Instant),
+}
+
+/// Ordering key of a copy: arrival time, then a node-wide sequence number.
+type CopyKey = (Instant, u64);
+
+/// One copy in a primary's queue.
+#[derive(Debug, Clone)]
+struct Copy {
+    message: MessageId,
+    shadow_id: String,
+}
+
+/// Everything held for one primary.
+#[derive(Debug)]
+struct PrimaryQueue {
+    database_id: Option<String>,
+    copies: BTreeMap<CopyKey, Copy>,
+    /// Lowercased shadow id -> key in `copies`.
+    by_shadow_id: HashMap<String, CopyKey>,
+    heartbeat: Heartbeat,
+    failures: u64,
+    last_contact: Option<Instant>,
+}
+
+impl Default for PrimaryQueue {
+    fn default() -> Self {
+        Self {
+            database_id: None,
+            copies: BTreeMap::new(),
+            by_shadow_id: HashMap::new(),
+            heartbeat: Heartbeat::Idle,
+            failures: 0,
+            last_contact: None,
+        }
+    }
+}
+
+impl PrimaryQueue {
+    /// Removes every copy (oldest first) and returns its message; the heartbeat stops.
+    fn take_all(&mut self) -> Vec<MessageId> {
+        let copies = std::mem::take(&mut self.copies);
+        self.by_shadow_id.clear();
+        self.emptied();
+        copies.into_values().map(|c| c.message).collect()
+    }
+
+    /// Resets the heartbeat state once the queue holds nothing.
+    fn emptied(&mut self) {
+        if self.copies.is_empty() {
+            self.heartbeat = Heartbeat::Idle;
+            self.failures = 0;
+        }
+    }
+
+    /// Records `database_id`; on a change, returns every copy held under the old one.
+    fn observe_database_id(&mut self, database_id: &str) -> Vec<MessageId> {
+        match &self.database_id {
+            Some(old) if old == database_id => Vec::new(),
+            Some(_) => {
+                self.database_id = Some(database_id.to_owned());
+                self.take_all()
+            }
+            None => {
+                self.database_id = Some(database_id.to_owned());
+                Vec::new()
+            }
+        }
+    }
+
+    /// The slot whose outcome a heartbeat report answers: the one in flight, or one due.
+    fn outstanding_slot(&self, now: Instant) -> Option<Instant> {
+        match self.heartbeat {
+            Heartbeat::InFlight(due) => Some(due),
+            Heartbeat::Waiting(Some(due)) if due <= now => Some(due),
+            Heartbeat::Waiting(_) | Heartbeat::Idle => None,
+        }
+    }
+
+    /// When the oldest copy reaches auto-discard age.
+    fn expiry(&self, auto_discard: Duration) -> Option<Instant> {
+        let (&(added, _), _) = self.copies.first_key_value()?;
+        added.checked_add(auto_discard)
+    }
+}
+
+/// The shadow copies a shadow server holds, per primary, with heartbeats and resubmission.
+#[derive(Debug)]
+pub struct ShadowQueues {
+    config: ShadowConfig,
+    threshold: u64,
+    primaries: BTreeMap<String, PrimaryQueue>,
+    next_seq: u64,
+}
+
+impl ShadowQueues {
+    /// Empty queues with these timers.
+    #[must_use]
+    pub fn new(config: ShadowConfig) -> Self {
+        Self {
+            config,
+            threshold: config.failure_threshold(),
+            primaries: BTreeMap::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// The timers these queues run with.
+    #[must_use]
+    pub fn config(&self) -> &ShadowConfig {
+        &self.config
+    }
+
+    /// Keeps the copy of `message` that `primary` (database `database_id`) accepted with `XSHADOW=shadow_id`.
+    ///
+    /// Returns the messages to resubmit now (usually none):
+    /// - if `database_id` differs from the one last seen for `primary`, every copy held under
+    ///   the old id (exactly as [`observe_database_id`](Self::observe_database_id) does); the
+    ///   new copy is then kept under the new id;
+    /// - if a copy of another message is already held for `primary` under the same shadow id
+    ///   (ids match ASCII case-insensitively, as GUIDs do), that older copy: a discard could no
+    ///   longer tell the two apart. The same message under the same id just replaces its copy.
+    ///
+    /// If the queue was empty, the primary's first heartbeat falls due `heartbeat_interval`
+    /// from `now`.
+    #[must_use = "copies held under an old database id must be resubmitted"]
+    pub fn add_copy(
+        &mut self,
+        primary: &str,
+        message: MessageId,
+        shadow_id: &str,
+        database_id: &str,
+        now: Instant,
+    ) -> Vec<MessageId> {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let interval = self.config.heartbeat_interval;
+        let queue = self.primaries.entry(primary.to_owned()).or_default();
+        let mut resubmit = queue.observe_database_id(database_id);
+
+        let was_empty = queue.copies.is_empty();
+        let id_key = ascii_lowercase(shadow_id).into_owned();
+        if let Some(old_key) = queue.by_shadow_id.remove(&id_key)
+            && let Some(old) = queue.copies.remove(&old_key)
+            && old.message != message
+        {
+            resubmit.push(old.message);
+        }
+        let key = (now, seq);
+        queue.copies.insert(
+            key,
+            Copy {
+                message,
+                shadow_id: shadow_id.to_owned(),
+            },
+        );
+        queue.by_shadow_id.insert(id_key, key);
+        if was_empty {
+            queue.heartbeat = Heartbeat::Waiting(now.checked_add(interval));
+        }
+        resubmit
+    }
+
+    /// Records the database id from an XSHADOW reply of `primary`; on a change, returns (and removes) every copy held under the old id.
+    ///
+    /// The first id seen for a primary is simply recorded. A changed id means the primary
+    /// lost its queue, so all its copies go back for resubmission at once.
+    #[must_use = "copies held under an old database id must be resubmitted"]
+    pub fn observe_database_id(&mut self, primary: &str, database_id: &str) -> Vec<MessageId> {
+        match self.primaries.get_mut(primary) {
+            Some(queue) => queue.observe_database_id(database_id),
+            None => {
+                let mut queue = PrimaryQueue::default();
+                let none = queue.observe_database_id(database_id);
+                self.primaries.insert(primary.to_owned(), queue);
+                none
+            }
+        }
+    }
+
+    /// Drops the copies named by an XQDISCARD reply from `primary`; ids matching no copy are counted.
+    #[must_use]
+    pub fn discard(&mut self, primary: &str, ids: &[impl AsRef<str>]) -> Discarded {
+        let Some(queue) = self.primaries.get_mut(primary) else {
+            return Discarded {
+                dropped: Vec::new(),
+                unknown: ids.len(),
+            };
+        };
+        let mut outcome = Discarded::default();
+        for id in ids {
+            let id_key = ascii_lowercase(id.as_ref());
+            match queue
+                .by_shadow_id
+                .remove(id_key.as_ref())
+                .and_then(|key| queue.copies.remove(&key))
+            {
+                Some(copy) => outcome.dropped.push(copy.message),
+                None => outcome.unknown += 1,
+            }
+        }
+        queue.emptied();
+        outcome
+    }
+
+    /// The next primary whose heartbeat is due at `now`, handed out once until its outcome is reported.
+    ///
+    /// Drain it until `None`. Each primary returned must later get `heartbeat_succeeded` or
+    /// `heartbeat_failed`; until then it is not returned again. Cost: O(primaries).
+    #[must_use]
+    pub fn poll_heartbeat(&mut self, now: Instant) -> Option<String> {
+        self.primaries.iter_mut().find_map(|(name, queue)| {
+            let Heartbeat::Waiting(Some(due)) = queue.heartbeat else {
+                return None;
+            };
+            if due > now {
+                return None;
+            }
+            queue.heartbeat = Heartbeat::InFlight(due);
+            Some(name.clone())
+        })
+    }
+
+    /// A session with `primary` ended with a good XQDISCARD: resets its failure count and schedules the next heartbeat an interval from `now`.
+    pub fn heartbeat_succeeded(&mut self, primary: &str, now: Instant) {
+        let interval = self.config.heartbeat_interval;
+        let Some(queue) = self.primaries.get_mut(primary) else {
+            return;
+        };
+        queue.failures = 0;
+        queue.last_contact = Some(now);
+        queue.heartbeat = if queue.copies.is_empty() {
+            Heartbeat::Idle
+        } else {
+            Heartbeat::Waiting(now.checked_add(interval))
+        };
+    }
+
+    /// A heartbeat of `primary` failed; returns (and removes) all its copies when this failure reaches the threshold.
+    ///
+    /// Counts only when a heartbeat of `primary` is in flight or due at `now`; otherwise it is
+    /// ignored (returns nothing). The next heartbeat falls due one interval after the failed
+    /// slot (or after `now`, if that is already past). After a resubmission the failure count
+    /// starts again from zero.
+    #[must_use = "copies of a primary given up on must be resubmitted"]
+    pub fn heartbeat_failed(&mut self, primary: &str, now: Instant) -> Vec<MessageId> {
+        let interval = self.config.heartbeat_interval;
+        let Some(queue) = self.primaries.get_mut(primary) else {
+            return Vec::new();
+        };
+        let Some(slot) = queue.outstanding_slot(now) else {
+            return Vec::new();
+        };
+        queue.failures = queue.failures.saturating_add(1);
+        if queue.failures >= self.threshold {
+            return queue.take_all();
+        }
+        let next = match slot.checked_add(interval) {
+            Some(next) if next > now => Some(next),
+            _ => now.checked_add(interval),
+        };
+        queue.heartbeat = Heartbeat::Waiting(next);
+        Vec::new()
+    }
+
+    /// `primary` broke the protocol (PROTOCOL.md §3, §5): returns (and removes) all its copies for resubmission.
+    #[must_use = "copies of a primary given up on must be resubmitted"]
+    pub fn protocol_breach(&mut self, primary: &str) -> Vec<MessageId> {
+        self.primaries
+            .get_mut(primary)
+            .map(PrimaryQueue::take_all)
+            .unwrap_or_default()
+    }
+
+    /// Forgets `primary` altogether (say, removed from the configuration), returning its copies for resubmission.
+    #[must_use = "copies of a forgotten primary must be resubmitted"]
+    pub fn forget(&mut self, primary: &str) -> Vec<MessageId> {
+        self.primaries
+            .remove(primary)
+            .map(|mut queue| queue.take_all())
+            .unwrap_or_default()
+    }
+
+    /// Drops every copy that has reached `auto_discard` age at `now`, oldest first per primary.
+    ///
+    /// Cost: O(primaries) plus O(log n) per dropped copy.
+    #[must_use]
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, MessageId)> {
+        let auto_discard = self.config.auto_discard;
+        let mut expired = Vec::new();
+        for (name, queue) in &mut self.primaries {
+            while let Some(entry) = queue.copies.first_entry() {
+                if now.saturating_duration_since(entry.key().0) < auto_discard {
+                    break;
+                }
+                let copy = entry.remove();
+                queue
+                    .by_shadow_id
+                    .remove(ascii_lowercase(&copy.shadow_id).as_ref());
+                expired.push((name.clone(), copy.message));
+            }
+            queue.emptied();
+        }
+        expired
+    }
+
+    /// The earliest instant at which a heartbeat falls due or a copy expires; `None` if nothing waits.
+    ///
+    /// Heartbeats in flight wait for their outcome, not for a time. Cost: O(primaries).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let auto_discard = self.config.auto_discard;
+        self.primaries
+            .values()
+            .flat_map(|queue| {
+                let heartbeat = match queue.heartbeat {
+                    Heartbeat::Waiting(due) => due,
+                    Heartbeat::Idle | Heartbeat::InFlight(_) => None,
+                };
+                [heartbeat, queue.expiry(auto_discard)]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// How many copies are held for `primary`.
+    #[must_use]
+    pub fn copies(&self, primary: &str) -> usize {
+        self.primaries.get(primary).map_or(0, |q| q.copies.len())
+    }
+
+    /// Whether any copy is held for `primary`.
+    #[must_use]
+    pub fn holds_copies(&self, primary: &str) -> bool {
+        self.copies(primary) > 0
+    }
+
+    /// Every primary known (one that held a copy or reported a database id), by name.
+    pub fn primaries(&self) -> impl Iterator<Item = &str> + '_ {
+        self.primaries.keys().map(String::as_str)
+    }
+
+    /// The database id last seen for `primary`.
+    #[must_use]
+    pub fn database_id(&self, primary: &str) -> Option<&str> {
+        self.primaries.get(primary)?.database_id.as_deref()
+    }
+
+    /// Consecutive failed heartbeats of `primary` since its last success (zero while it holds no copies).
+    #[must_use]
+    pub fn failures(&self, primary: &str) -> u64 {
+        self.primaries.get(primary).map_or(0, |q| q.failures)
+    }
+
+    /// When `primary` last ended a session with a good XQDISCARD.
+    #[must_use]
+    pub fn last_contact(&self, primary: &str) -> Option<Instant> {
+        self.primaries.get(primary)?.last_contact
+    }
+
+    /// When the next heartbeat of `primary` falls due (`None`: no copies, in flight, or never).
+    #[must_use]
+    pub fn next_heartbeat(&self, primary: &str) -> Option<Instant> {
+        match self.primaries.get(primary)?.heartbeat {
+            Heartbeat::Waiting(due) => due,
+            Heartbeat::Idle | Heartbeat::InFlight(_) => None,
+        }
+    }
+
+    /// Whether a heartbeat of `primary` was handed out and awaits its outcome.
+    #[must_use]
+    pub fn is_heartbeat_in_flight(&self, primary: &str) -> bool {
+        self.primaries
+            .get(primary)
+            .is_some_and(|q| matches!(q.heartbeat, Heartbeat::InFlight(_)))
+    }
+
+    /// Every copy held, by primary name, oldest first within a primary.
+    pub fn held(&self) -> impl Iterator<Item = HeldCopy<'_>> + '_ {
+        self.primaries
+            .iter()
+            .flat_map(|(name, queue)| held_copies(name, queue))
+    }
+
+    /// The copies held for `primary`, oldest first.
+    pub fn held_for<'a>(&'a self, primary: &str) -> impl Iterator<Item = HeldCopy<'a>> + 'a {
+        self.primaries
+            .get_key_value(primary)
+            .into_iter()
+            .flat_map(|(name, queue)| held_copies(name, queue))
+    }
+
+    /// How many copies are held in all (O(primaries)).
+    #[must_use]
+    pub fn total(&self) -> usize {
+        self.primaries.values().map(|q| q.copies.len()).sum()
+    }
+
+    /// Whether no copy is held at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.primaries.values().all(|q| q.copies.is_empty())
+    }
+}
+
+impl Default for ShadowQueues {
+    fn default() -> Self {
+        Self::new(ShadowConfig::default())
+    }
+}
+
+/// The copies of one primary as introspection views.
+fn held_copies<'a>(
+    name: &'a str,
+    queue: &'a PrimaryQueue,
+) -> impl Iterator<Item = HeldCopy<'a>> + 'a {
+    queue
+        .copies
+        .iter()
+        .map(move |(&(added, _), copy)| HeldCopy {
+            primary: name,
+            message: copy.message,
+            shadow_id: &copy.shadow_id,
+            added,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EDGE: &str = "edge1.example:25";
+    const EDGE2: &str = "edge2.example:25";
+    const DB: &str = "X+QUj+rOf0ag5pssHT5PUA==";
+    const DB2: &str = "AAAAAAAAAAAAAAAAAAAAAA==";
+
+    fn mins(n: u64) -> Duration {
+        Duration::from_secs(60 * n)
+    }
+
+    fn small_config() -> ShadowConfig {
+        ShadowConfig {
+            heartbeat_interval: mins(2),
+            resubmit_after: mins(5),
+            auto_discard: mins(60),
+        }
+    }
+
+    fn shadow_id(n: u64) -> String {
+        format!("3f2504e0-4f89-41d3-9a0c-{n:012x}")
+    }
+
+    /// Queues holding copies 1..=n for EDGE, added at `t0`.
+    fn with_copies(config: ShadowConfig, n: u64, t0: Instant) -> ShadowQueues {
+        let mut queues = ShadowQueues::new(config);
+        for i in 1..=n {
+            let resubmit = queues.add_copy(EDGE, MessageId(i), &shadow_id(i), DB, t0);
+            assert!(resubmit.is_empty());
+        }
+        queues
+    }
+
+    /// Runs every due heartbeat of `primary` as a failure `delay` after it fell due, until
+    /// copies come back; returns them and when.
+    fn fail_until_resubmitted(
+        queues: &mut ShadowQueues,
+        primary: &str,
+        delay: Duration,
+    ) -> (Vec<MessageId>, Instant, u64) {
+        for _ in 0..10_000 {
+            let due = queues.poll_timeout().expect("a heartbeat is pending");
+            assert_eq!(queues.poll_heartbeat(due).as_deref(), Some(primary));
+            let failures_before = queues.failures(primary);
+            let resubmit = queues.heartbeat_failed(primary, due + delay);
+            if !resubmit.is_empty() {
+                return (resubmit, due + delay, failures_before + 1);
+            }
+        }
+        panic!("never resubmitted");
+    }
+
+    #[test]
+    fn a_copy_is_held_for_the_primary_that_accepted_it() {
+        let t0 = Instant::now();
+        let queues = with_copies(ShadowConfig::default(), 2, t0);
+        assert_eq!(queues.copies(EDGE), 2);
+        assert!(queues.holds_copies(EDGE));
+        assert!(!queues.holds_copies(EDGE2));
+        assert_eq!(queues.total(), 2);
+        assert!(!queues.is_empty());
+        assert_eq!(queues.primaries().collect::<Vec<_>>(), [EDGE]);
+        assert_eq!(queues.database_id(EDGE), Some(DB));
+        assert_eq!(queues.failures(EDGE), 0);
+    }
+
+    #[test]
+    fn discarded_ids_drop_their_copies() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 3, t0);
+        let outcome = queues.discard(EDGE, &[shadow_id(3), shadow_id(1)]);
+        assert_eq!(outcome.dropped, [MessageId(3), MessageId(1)]);
+        assert_eq!(outcome.unknown, 0);
+        assert_eq!(queues.copies(EDGE), 1);
+        let left: Vec<_> = queues.held_for(EDGE).map(|c| c.message).collect();
+        assert_eq!(left, [MessageId(2)]);
+    }
+
+    #[test]
+    fn unknown_discard_ids_are_counted_not_errors() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        let outcome = queues.discard(EDGE, &[shadow_id(9), shadow_id(1), shadow_id(1)]);
+        assert_eq!(outcome.dropped, [MessageId(1)]);
+        assert_eq!(outcome.unknown, 2);
+        let outcome = queues.discard(EDGE2, &["whatever"]);
+        assert_eq!(
+            outcome,
+            Discarded {
+                dropped: vec![],
+                unknown: 1
+            }
+        );
+        let none: &[&str] = &[];
+        assert_eq!(queues.discard(EDGE, none), Discarded::default());
+    }
+
+    #[test]
+    fn discard_ids_match_ascii_case_insensitively() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        let outcome = queues.discard(EDGE, &[shadow_id(1).to_ascii_uppercase()]);
+        assert_eq!(outcome.dropped, [MessageId(1)]);
+    }
+
+    #[test]
+    fn discards_from_another_primary_do_not_touch_these_copies() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        let outcome = queues.discard(EDGE2, &[shadow_id(1)]);
+        assert_eq!(outcome.unknown, 1);
+        assert_eq!(queues.copies(EDGE), 1);
+    }
+
+    #[test]
+    fn a_changed_database_id_resubmits_every_copy_held_under_the_old_id_at_once() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 3, t0);
+        assert!(queues.observe_database_id(EDGE, DB).is_empty());
+        let resubmit = queues.observe_database_id(EDGE, DB2);
+        assert_eq!(resubmit, [MessageId(1), MessageId(2), MessageId(3)]);
+        assert_eq!(queues.copies(EDGE), 0);
+        assert_eq!(queues.database_id(EDGE), Some(DB2));
+        assert_eq!(queues.next_heartbeat(EDGE), None);
+        assert!(queues.observe_database_id(EDGE, DB2).is_empty());
+    }
+
+    #[test]
+    fn the_first_database_id_seen_is_only_recorded() {
+        let mut queues = ShadowQueues::default();
+        assert!(queues.observe_database_id(EDGE, DB).is_empty());
+        assert_eq!(queues.database_id(EDGE), Some(DB));
+        assert_eq!(queues.copies(EDGE), 0);
+        assert_eq!(queues.poll_timeout(), None);
+    }
+
+    #[test]
+    fn database_ids_compare_case_sensitively() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        let resubmit = queues.observe_database_id(EDGE, &DB.to_ascii_lowercase());
+        assert_eq!(resubmit, [MessageId(1)]);
+    }
+
+    #[test]
+    fn add_copy_under_a_changed_database_id_returns_the_old_copies_and_keeps_the_new_one() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 2, t0);
+        let resubmit = queues.add_copy(EDGE, MessageId(7), &shadow_id(7), DB2, t0 + mins(1));
+        assert_eq!(resubmit, [MessageId(1), MessageId(2)]);
+        let held: Vec<_> = queues.held().map(|c| c.message).collect();
+        assert_eq!(held, [MessageId(7)]);
+        assert_eq!(queues.database_id(EDGE), Some(DB2));
+        assert_eq!(queues.next_heartbeat(EDGE), Some(t0 + mins(3)));
+    }
+
+    #[test]
+    fn a_reused_shadow_id_returns_the_displaced_copy() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        let resubmit = queues.add_copy(EDGE, MessageId(2), &shadow_id(1), DB, t0);
+        assert_eq!(resubmit, [MessageId(1)]);
+        assert_eq!(queues.copies(EDGE), 1);
+        let outcome = queues.discard(EDGE, &[shadow_id(1)]);
+        assert_eq!(outcome.dropped, [MessageId(2)]);
+    }
+
+    #[test]
+    fn the_same_message_under_the_same_shadow_id_is_held_once() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        let resubmit = queues.add_copy(EDGE, MessageId(1), &shadow_id(1), DB, t0 + mins(1));
+        assert!(resubmit.is_empty());
+        assert_eq!(queues.copies(EDGE), 1);
+        assert_eq!(queues.next_heartbeat(EDGE), Some(t0 + mins(2)));
+    }
+
+    #[test]
+    fn the_default_failure_threshold_is_ninety() {
+        assert_eq!(ShadowConfig::default().failure_threshold(), 90);
+    }
+
+    #[test]
+    fn the_failure_threshold_rounds_up() {
+        assert_eq!(small_config().failure_threshold(), 3);
+        let exact = ShadowConfig {
+            resubmit_after: mins(6),
+            ..small_config()
+        };
+        assert_eq!(exact.failure_threshold(), 3);
+        let just_over = ShadowConfig {
+            resubmit_after: mins(6) + Duration::from_nanos(1),
+            ..small_config()
+        };
+        assert_eq!(just_over.failure_threshold(), 4);
+    }
+
+    #[test]
+    fn the_failure_threshold_is_at_least_one_and_never_overflows() {
+        let zero = ShadowConfig {
+            resubmit_after: Duration::ZERO,
+            ..small_config()
+        };
+        assert_eq!(zero.failure_threshold(), 1);
+        let no_interval = ShadowConfig {
+            heartbeat_interval: Duration::ZERO,
+            resubmit_after: Duration::MAX,
+            ..small_config()
+        };
+        assert_eq!(no_interval.failure_threshold(), u64::MAX);
+    }
+
+    #[test]
+    fn eighty_nine_failed_heartbeats_keep_the_copies_and_the_ninetieth_resubmits() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 2, t0);
+        let mut t = t0;
+        for n in 1..=89 {
+            t += mins(2);
+            assert_eq!(queues.poll_timeout(), Some(t));
+            assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
+            assert!(queues.heartbeat_failed(EDGE, t).is_empty());
+            assert_eq!(queues.failures(EDGE), n);
+        }
+        assert_eq!(queues.copies(EDGE), 2);
+        t += mins(2);
+        assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
+        assert_eq!(
+            queues.heartbeat_failed(EDGE, t),
+            [MessageId(1), MessageId(2)]
+        );
+        assert_eq!(t - t0, Duration::from_secs(3 * 60 * 60));
+        assert_eq!(queues.copies(EDGE), 0);
+        assert_eq!(queues.failures(EDGE), 0);
+        assert_eq!(queues.poll_heartbeat(t + mins(10)), None);
+    }
+
+    #[test]
+    fn a_successful_heartbeat_resets_the_failure_count() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        let mut t = t0;
+        for _ in 0..89 {
+            t += mins(2);
+            assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
+            assert!(queues.heartbeat_failed(EDGE, t).is_empty());
+        }
+        t += mins(2);
+        assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
+        queues.heartbeat_succeeded(EDGE, t);
+        assert_eq!(queues.failures(EDGE), 0);
+        assert_eq!(queues.last_contact(EDGE), Some(t));
+        for _ in 0..89 {
+            t += mins(2);
+            assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
+            assert!(queues.heartbeat_failed(EDGE, t).is_empty());
+        }
+        assert_eq!(queues.copies(EDGE), 1);
+        t += mins(2);
+        assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
+        assert_eq!(queues.heartbeat_failed(EDGE, t), [MessageId(1)]);
+    }
+
+    #[test]
+    fn a_rounded_up_threshold_resubmits_after_three_failures() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(small_config(), 1, t0);
+        let (resubmit, at, failures) = fail_until_resubmitted(&mut queues, EDGE, Duration::ZERO);
+        assert_eq!(resubmit, [MessageId(1)]);
+        assert_eq!(failures, 3);
+        assert_eq!(at - t0, mins(6));
+    }
+
+    #[test]
+    fn a_protocol_breach_resubmits_every_copy_at_once() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 3, t0);
+        assert!(
+            queues
+                .add_copy(EDGE2, MessageId(9), &shadow_id(9), DB2, t0)
+                .is_empty()
+        );
+        let resubmit = queues.protocol_breach(EDGE);
+        assert_eq!(resubmit, [MessageId(1), MessageId(2), MessageId(3)]);
+        assert_eq!(queues.copies(EDGE), 0);
+        assert_eq!(queues.copies(EDGE2), 1);
+        assert!(queues.protocol_breach(EDGE).is_empty());
+        assert!(queues.protocol_breach("nobody").is_empty());
+    }
+
+    #[test]
+    fn the_first_heartbeat_is_due_one_interval_after_the_first_copy() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        assert!(
+            queues
+                .add_copy(EDGE, MessageId(2), &shadow_id(2), DB, t0 + mins(1))
+                .is_empty()
+        );
+        assert_eq!(queues.next_heartbeat(EDGE), Some(t0 + mins(2)));
+        assert_eq!(
+            queues.poll_heartbeat(t0 + mins(2) - Duration::from_nanos(1)),
+            None
+        );
+        assert_eq!(queues.poll_heartbeat(t0 + mins(2)).as_deref(), Some(EDGE));
+    }
+
+    #[test]
+    fn a_heartbeat_is_due_exactly_one_interval_after_the_last_contact_not_before() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        let contact = t0 + Duration::from_secs(50);
+        queues.heartbeat_succeeded(EDGE, contact);
+        let due = contact + mins(2);
+        assert_eq!(queues.poll_timeout(), Some(due));
+        assert_eq!(queues.poll_heartbeat(due - Duration::from_nanos(1)), None);
+        assert_eq!(queues.poll_heartbeat(due).as_deref(), Some(EDGE));
+    }
+
+    #[test]
+    fn no_heartbeat_for_a_primary_without_copies() {
+        let t0 = Instant::now();
+        let mut queues = ShadowQueues::default();
+        assert!(queues.observe_database_id(EDGE, DB).is_empty());
+        queues.heartbeat_succeeded(EDGE, t0);
+        assert_eq!(queues.poll_timeout(), None);
+        assert_eq!(queues.poll_heartbeat(t0 + mins(100)), None);
+
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        assert_eq!(queues.discard(EDGE, &[shadow_id(1)]).dropped.len(), 1);
+        assert_eq!(queues.next_heartbeat(EDGE), None);
+        assert_eq!(queues.poll_heartbeat(t0 + mins(100)), None);
+        queues.heartbeat_succeeded(EDGE, t0 + mins(3));
+        assert_eq!(queues.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_due_heartbeat_is_handed_out_once_until_its_outcome_is_reported() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        assert!(
+            queues
+                .add_copy(EDGE2, MessageId(2), &shadow_id(2), DB, t0)
+                .is_empty()
+        );
+        let due = t0 + mins(2);
+        let mut handed: Vec<_> = std::iter::from_fn(|| queues.poll_heartbeat(due)).collect();
+        handed.sort();
+        assert_eq!(handed, [EDGE, EDGE2]);
+        assert!(queues.is_heartbeat_in_flight(EDGE));
+        assert_eq!(queues.poll_heartbeat(due + mins(10)), None);
+        // In flight: only the expiry of the copies is left to wait for.
+        assert_eq!(
+            queues.poll_timeout(),
+            Some(t0 + Duration::from_secs(2 * 86_400))
+        );
+        queues.heartbeat_succeeded(EDGE, due + Duration::from_secs(1));
+        assert!(!queues.is_heartbeat_in_flight(EDGE));
+        assert_eq!(
+            queues.next_heartbeat(EDGE),
+            Some(due + Duration::from_secs(121))
+        );
+    }
+
+    #[test]
+    fn failures_outside_a_heartbeat_slot_do_not_count() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(small_config(), 1, t0);
+        for s in 0..100 {
+            let resubmit = queues.heartbeat_failed(EDGE, t0 + Duration::from_secs(s));
+            assert!(resubmit.is_empty());
+        }
+        assert_eq!(queues.failures(EDGE), 0);
+        // Once due, a failure counts even if the heartbeat was not polled first, but only once per slot.
+        let due = t0 + mins(2);
+        assert!(queues.heartbeat_failed(EDGE, due).is_empty());
+        assert!(queues.heartbeat_failed(EDGE, due).is_empty());
+        assert_eq!(queues.failures(EDGE), 1);
+        assert_eq!(queues.next_heartbeat(EDGE), Some(due + mins(2)));
+        assert!(queues.heartbeat_failed("nobody", due).is_empty());
+    }
+
+    #[test]
+    fn a_late_failure_schedules_the_next_heartbeat_an_interval_later_without_a_burst() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(small_config(), 1, t0);
+        let due = t0 + mins(2);
+        assert_eq!(queues.poll_heartbeat(due).as_deref(), Some(EDGE));
+        assert!(queues.heartbeat_failed(EDGE, due + mins(5)).is_empty());
+        assert_eq!(queues.next_heartbeat(EDGE), Some(due + mins(7)));
+    }
+
+    #[test]
+    fn a_dead_primary_is_resubmitted_within_one_interval_after_resubmit_after() {
+        for config in [ShadowConfig::default(), small_config()] {
+            for delay in [
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+            ] {
+                let t0 = Instant::now();
+                let mut queues = with_copies(config, 1, t0);
+                let contact = t0 + Duration::from_secs(17);
+                queues.heartbeat_succeeded(EDGE, contact);
+                let (resubmit, at, _) = fail_until_resubmitted(&mut queues, EDGE, delay);
+                assert_eq!(resubmit, [MessageId(1)]);
+                let since = at - contact;
+                assert!(since >= config.resubmit_after, "{since:?} {config:?}");
+                assert!(
+                    since <= config.resubmit_after + config.heartbeat_interval,
+                    "{since:?} {config:?} {delay:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn copies_expire_at_exactly_auto_discard_age() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(small_config(), 2, t0);
+        assert!(
+            queues
+                .add_copy(EDGE, MessageId(3), &shadow_id(3), DB, t0 + mins(1))
+                .is_empty()
+        );
+        let edge = t0 + mins(60);
+        assert_eq!(queues.poll_timeout(), Some(t0 + mins(2)));
+        assert!(queues.expire(edge - Duration::from_nanos(1)).is_empty());
+        let expired = queues.expire(edge);
+        assert_eq!(
+            expired,
+            [
+                (EDGE.to_owned(), MessageId(1)),
+                (EDGE.to_owned(), MessageId(2))
+            ]
+        );
+        assert_eq!(queues.copies(EDGE), 1);
+        // The dropped ids are gone from the index too.
+        assert_eq!(queues.discard(EDGE, &[shadow_id(1)]).unknown, 1);
+        assert_eq!(queues.expire(edge + mins(1)).len(), 1);
+        assert!(queues.is_empty());
+        assert_eq!(queues.poll_timeout(), None);
+    }
+
+    #[test]
+    fn poll_timeout_is_the_earliest_pending_deadline() {
+        let t0 = Instant::now();
+        let config = ShadowConfig {
+            heartbeat_interval: mins(2),
+            resubmit_after: mins(10),
+            auto_discard: mins(3),
+        };
+        let mut queues = ShadowQueues::new(config);
+        assert_eq!(queues.poll_timeout(), None);
+        assert!(
+            queues
+                .add_copy(EDGE, MessageId(1), &shadow_id(1), DB, t0)
+                .is_empty()
+        );
+        assert!(
+            queues
+                .add_copy(EDGE2, MessageId(2), &shadow_id(2), DB, t0 + mins(1))
+                .is_empty()
+        );
+        assert_eq!(queues.poll_timeout(), Some(t0 + mins(2)));
+        assert_eq!(queues.poll_heartbeat(t0 + mins(2)).as_deref(), Some(EDGE));
+        assert_eq!(
+            queues.poll_timeout(),
+            Some(t0 + mins(3)),
+            "EDGE2's heartbeat"
+        );
+        queues.heartbeat_succeeded(EDGE, t0 + mins(2));
+        assert_eq!(queues.poll_heartbeat(t0 + mins(3)).as_deref(), Some(EDGE2));
+        queues.heartbeat_succeeded(EDGE2, t0 + mins(3));
+        assert_eq!(
+            queues.poll_timeout(),
+            Some(t0 + mins(3)),
+            "EDGE's copy expires"
+        );
+        assert_eq!(queues.expire(t0 + mins(3)).len(), 1);
+        assert_eq!(
+            queues.poll_timeout(),
+            Some(t0 + mins(4)),
+            "EDGE2's copy expires"
+        );
+    }
+
+    #[test]
+    fn held_copies_report_their_age() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 1, t0);
+        assert!(
+            queues
+                .add_copy(EDGE2, MessageId(2), &shadow_id(2), DB, t0 + mins(1))
+                .is_empty()
+        );
+        let now = t0 + mins(5);
+        let held: Vec<_> = queues
+            .held()
+            .map(|c| (c.primary, c.message, c.shadow_id.to_owned(), c.age(now)))
+            .collect();
+        assert_eq!(
+            held,
+            [
+                (EDGE, MessageId(1), shadow_id(1), mins(5)),
+                (EDGE2, MessageId(2), shadow_id(2), mins(4)),
+            ]
+        );
+        assert_eq!(queues.held_for("nobody").count(), 0);
+    }
+
+    #[test]
+    fn copies_added_with_an_earlier_time_still_expire_oldest_first() {
+        let t0 = Instant::now();
+        let mut queues = ShadowQueues::new(small_config());
+        assert!(
+            queues
+                .add_copy(EDGE, MessageId(1), &shadow_id(1), DB, t0 + mins(5))
+                .is_empty()
+        );
+        assert!(
+            queues
+                .add_copy(EDGE, MessageId(2), &shadow_id(2), DB, t0)
+                .is_empty()
+        );
+        assert_eq!(
+            queues.held_for(EDGE).map(|c| c.message).collect::<Vec<_>>(),
+            [MessageId(2), MessageId(1)]
+        );
+        assert_eq!(
+            queues.expire(t0 + mins(60)),
+            [(EDGE.to_owned(), MessageId(2))]
+        );
+    }
+
+    #[test]
+    fn forgetting_a_primary_returns_its_copies() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(ShadowConfig::default(), 2, t0);
+        assert_eq!(queues.forget(EDGE), [MessageId(1), MessageId(2)]);
+        assert_eq!(queues.primaries().count(), 0);
+        assert!(queues.forget(EDGE).is_empty());
+    }
+
+    #[test]
+    fn enormous_timers_never_panic() {
+        let t0 = Instant::now();
+        let config = ShadowConfig {
+            heartbeat_interval: Duration::MAX,
+            resubmit_after: Duration::MAX,
+            auto_discard: Duration::MAX,
+        };
+        let mut queues = with_copies(config, 1, t0);
+        assert_eq!(queues.poll_timeout(), None);
+        assert_eq!(queues.poll_heartbeat(t0 + mins(1_000_000)), None);
+        assert!(queues.expire(t0 + mins(1_000_000)).is_empty());
+        queues.heartbeat_succeeded(EDGE, t0);
+        assert!(queues.heartbeat_failed(EDGE, t0).is_empty());
+        assert_eq!(config.failure_threshold(), 1);
+    }
+}
