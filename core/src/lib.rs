@@ -25,6 +25,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dsn;
+pub mod node;
 pub mod session;
 pub mod shadow;
+pub mod store;
 pub mod wire;

@@ -1,0 +1,229 @@
+//! Text a relay writes itself: RFC 5322 dates, `Received:` trace headers and RFC 3464
+//! delivery status notifications (bounces).
+//!
+//! Wall-clock time comes in as Unix milliseconds; nothing here reads a clock.
+
+use std::fmt::Write as _;
+
+use crate::session::Envelope;
+use crate::wire::path::ForwardPath;
+
+/// Formats Unix milliseconds as an RFC 5322 date in UTC: `Fri, 4 Dec 2026 16:01:43 +0000`.
+pub fn rfc5322_date(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
+    format!(
+        "{weekday}, {day} {month} {year} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) in the proleptic Gregorian
+/// calendar (the well-known era-based conversion).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The `Received:` header a node prepends to every message it accepts (RFC 5321 §4.4).
+pub fn received_header(
+    by: &str,
+    helo: &str,
+    peer: &str,
+    id: u64,
+    for_one: Option<&ForwardPath<'_>>,
+    unix_ms: u64,
+) -> String {
+    let mut h =
+        format!("Received: from {helo} ({peer})\r\n\tby {by} (xshadow) with ESMTP id {id:016x}");
+    if let Some(ForwardPath::Mailbox(m)) = for_one {
+        let _ = write!(h, "\r\n\tfor <{m}>");
+    }
+    let _ = write!(h, ";\r\n\t{}\r\n", rfc5322_date(unix_ms));
+    h
+}
+
+/// One recipient that could not be delivered, for a bounce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRecipient {
+    /// The recipient as it was in the envelope.
+    pub to: ForwardPath<'static>,
+    /// RFC 3463 status, such as `5.1.1` or `4.4.7`.
+    pub status: String,
+    /// The remote reply or a local explanation, one line.
+    pub diagnostic: String,
+}
+
+/// Builds an RFC 3464 `multipart/report` bounce for `failed` recipients of a message with
+/// `envelope` and `body`; `None` when the sender is the null sender (no bounce of bounces).
+/// Returns the bounce's envelope recipient (the original sender) and its content.
+pub fn bounce(
+    reporting_mta: &str,
+    envelope: &Envelope,
+    body: &[u8],
+    failed: &[FailedRecipient],
+    boundary_seed: u64,
+    unix_ms: u64,
+) -> Option<(ForwardPath<'static>, Vec<u8>)> {
+    let sender = envelope.from.mailbox()?.clone().into_owned();
+    let date = rfc5322_date(unix_ms);
+    let boundary = format!("xshadow-{boundary_seed:016x}");
+    let mut text = String::new();
+    let _ = write!(
+        text,
+        "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n\
+         To: <{sender}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{boundary}@{reporting_mta}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at {reporting_mta}.\r\n\
+         Your message could not be delivered to the following recipients:\r\n\
+         \r\n"
+    );
+    for f in failed {
+        let _ = write!(text, "  {}: {}\r\n", path_text(&f.to), f.diagnostic);
+    }
+    let _ = write!(
+        text,
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {reporting_mta}\r\n\
+         Arrival-Date: {date}\r\n"
+    );
+    for f in failed {
+        let action = if f.status.starts_with('5') {
+            "failed"
+        } else {
+            "delayed"
+        };
+        let _ = write!(
+            text,
+            "\r\nFinal-Recipient: rfc822; {}\r\n\
+             Action: {action}\r\n\
+             Status: {}\r\n\
+             Diagnostic-Code: smtp; {}\r\n",
+            path_text(&f.to),
+            f.status,
+            f.diagnostic
+        );
+    }
+    let _ = write!(
+        text,
+        "\r\n--{boundary}\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n"
+    );
+    let mut out = text.into_bytes();
+    out.extend_from_slice(headers_of(body));
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Some((ForwardPath::Mailbox(sender), out))
+}
+
+fn path_text(path: &ForwardPath<'_>) -> String {
+    match path {
+        ForwardPath::Postmaster => "postmaster".to_owned(),
+        ForwardPath::Mailbox(m) => m.to_string(),
+    }
+}
+
+/// The header section of a message: everything before the first empty line.
+fn headers_of(body: &[u8]) -> &[u8] {
+    match memchr::memmem::find(body, b"\r\n\r\n") {
+        Some(at) => &body[..at + 2],
+        None => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Recipient;
+    use crate::wire::params::{MailParams, RcptParams};
+    use crate::wire::path::{Mailbox, ReversePath};
+
+    #[test]
+    fn dates_are_rfc5322_in_utc() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_796_400_103_000),
+            "Fri, 4 Dec 2026 16:01:43 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(951_782_400_000),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+    }
+
+    fn envelope(from: ReversePath<'static>) -> Envelope {
+        Envelope {
+            from,
+            params: MailParams::default(),
+            recipients: vec![Recipient {
+                to: ForwardPath::Mailbox(Mailbox::new("bob", "example.net")),
+                params: RcptParams::default(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_bounce_is_a_delivery_status_report_to_the_sender() {
+        let env = envelope(ReversePath::Mailbox(Mailbox::new("alice", "example.org")));
+        let failed = [FailedRecipient {
+            to: ForwardPath::Mailbox(Mailbox::new("bob", "example.net")),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 No such user".into(),
+        }];
+        let body = b"Subject: hi\r\nMessage-ID: <1@x>\r\n\r\nsecret body\r\n";
+        let (to, text) = bounce("edge1.example", &env, body, &failed, 7, 0).unwrap();
+        assert_eq!(
+            to,
+            ForwardPath::Mailbox(Mailbox::new("alice", "example.org"))
+        );
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(text.contains(
+            "Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
+        assert!(text.contains("Subject: hi\r\nMessage-ID: <1@x>\r\n"));
+        assert!(
+            !text.contains("secret body"),
+            "only the headers are returned"
+        );
+        assert!(text.ends_with("--xshadow-0000000000000007--\r\n"));
+    }
+
+    #[test]
+    fn the_null_sender_gets_no_bounce() {
+        let env = envelope(ReversePath::Null);
+        assert!(bounce("edge1.example", &env, b"x\r\n", &[], 1, 0).is_none());
+    }
+}

@@ -1,0 +1,1653 @@
+//! [`Node`]: one relay node — message queue, next hops, SMTP sessions by connection, all timers,
+//! and both redundancy roles at once (shadow for its next hops, primary for its senders).
+//!
+//! A hub and an edge are the same `Node` with different configuration: a hub's next hops are
+//! edges it shadows through (`shadow_next_hops`), an edge's next hop is its relay and it offers
+//! XSHADOW to its senders (`offer_shadow`).
+//!
+//! # Driving it
+//!
+//! Feed [`Input`]s with [`Node::handle_input`] (new connections with [`Node::accept`], local
+//! messages with [`Node::submit`]), call [`Node::handle_timeout`] when [`Node::poll_timeout`]
+//! says, and after every call drain [`Node::poll_output`] until it returns `None`:
+//!
+//! - [`Output::Transmit`]: write these bytes to the connection.
+//! - [`Output::Connect`]: open a connection to that next hop, then report
+//!   [`Input::Connected`] or [`Input::ConnectFailed`].
+//! - [`Output::Close`]: close the connection (after writing what was transmitted before).
+//! - [`Output::Persist`]: append the records to durable storage, in order, and report
+//!   [`Input::Persisted`] with the token once they are durable. The node acts on a change
+//!   (says 250, drops a copy, forgets an event) only after that.
+//! - [`Output::Event`]: a state change for logs and metrics.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::dsn::{self, FailedRecipient};
+use crate::session::client::{ClientEvent, RecipientOutcome};
+use crate::session::server::ServerEvent;
+use crate::session::{
+    ClientConfig, ClientSession, Envelope, OutboundMessage, Recipient, ServerConfig, ServerSession,
+    ShadowOffer, ShadowTag,
+};
+use crate::shadow::{DiscardLedger, MessageId, ShadowConfig, ShadowQueues};
+use crate::store::{PrimaryFor, Record, StoreState};
+use crate::wire::params::{MailParams, RcptParams};
+use crate::wire::path::ReversePath;
+use crate::wire::reply::{EnhancedStatus, Reply};
+
+/// A connection, inbound or outbound, named by the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// An IP network such as `127.0.0.0/8` or `::1/128`, for authorization lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    /// The network address.
+    pub addr: IpAddr,
+    /// The prefix length in bits.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// True when `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix.min(32));
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    /// Parses `ADDR/PREFIX` or a bare address (a host network).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad address in {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("bad prefix in {s:?}"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// How undelivered messages are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay before the first retry (doubles each time).
+    pub first: Duration,
+    /// Longest delay between retries.
+    pub max: Duration,
+    /// Age after which an undelivered message bounces.
+    pub lifetime: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(60),
+            max: Duration::from_secs(3600),
+            lifetime: Duration::from_secs(2 * 24 * 3600),
+        }
+    }
+}
+
+/// Everything a node needs to know to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Our name (greeting, EHLO, Received headers); the shadow context is derived from it.
+    pub name: String,
+    /// What the SMTP server offers and enforces (its `hostname` and `shadow` are set from
+    /// `name` and `offer_shadow`).
+    pub server: ServerConfig,
+    /// Client-side settings for sessions to next hops (`hostname` and `shadow_context` are set
+    /// by the node).
+    pub client: ClientConfig,
+    /// Next hops (addresses the driver can connect to), in order of preference.
+    pub next_hops: Vec<String>,
+    /// Ask next hops to be our primaries (XSHADOW) and keep shadow copies: a hub.
+    pub shadow_next_hops: bool,
+    /// Offer XSHADOW to senders: an edge.
+    pub offer_shadow: bool,
+    /// Peers that may use XSHADOW with us (and relay).
+    pub shadow_peers: Vec<IpNet>,
+    /// Peers that may relay through us.
+    pub relay_clients: Vec<IpNet>,
+    /// Heartbeat interval, resubmission threshold and auto-discard (PROTOCOL.md §6).
+    pub shadow: ShadowConfig,
+    /// Delayed acknowledgement for senders without XSHADOW (PROTOCOL.md §8); zero is off.
+    pub max_ack_delay: Duration,
+    /// Retry schedule and lifetime of undelivered messages.
+    pub retry: RetryPolicy,
+    /// Bytes of message bodies the node keeps queued before refusing new messages with
+    /// `452 4.3.1`.
+    pub memory_budget: usize,
+    /// Most messages sent in one outbound session.
+    pub max_messages_per_session: usize,
+    /// Most concurrent outbound message sessions per next hop.
+    pub max_connections_per_hop: usize,
+}
+
+impl NodeConfig {
+    /// A configuration with the defaults of PROTOCOL.md §6 for a node called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            server: ServerConfig::new(name.clone()),
+            client: ClientConfig::new(name.clone()),
+            name,
+            next_hops: Vec::new(),
+            shadow_next_hops: false,
+            offer_shadow: false,
+            shadow_peers: Vec::new(),
+            relay_clients: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
+            shadow: ShadowConfig::default(),
+            max_ack_delay: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            memory_budget: 512 * 1024 * 1024,
+            max_messages_per_session: 100,
+            max_connections_per_hop: 4,
+        }
+    }
+
+    /// The shadow context we give our primaries: base64 of our name, as Exchange does.
+    pub fn shadow_context(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.name.as_bytes())
+    }
+}
+
+/// What happened, for the node to react to.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// An outbound connection from [`Output::Connect`] is up.
+    Connected(ConnId),
+    /// An outbound connection from [`Output::Connect`] could not be made.
+    ConnectFailed(ConnId),
+    /// Bytes arrived on a connection.
+    Received(ConnId, &'a [u8]),
+    /// The peer closed the connection, or it failed.
+    Closed(ConnId),
+    /// The records of the `Persist` output with this token are durable.
+    Persisted(u64),
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Write these bytes to the connection.
+    Transmit {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes, in order after earlier transmits.
+        data: Vec<u8>,
+    },
+    /// Open a connection to `to` (one of the configured next hops) named `conn`.
+    Connect {
+        /// The name the node gives the connection.
+        conn: ConnId,
+        /// The next hop's address as configured.
+        to: String,
+    },
+    /// Close the connection once the bytes already transmitted are written.
+    Close(ConnId),
+    /// Make these records durable, in order, then report [`Input::Persisted`] with `token`.
+    Persist {
+        /// Names this batch.
+        token: u64,
+        /// The records.
+        records: Vec<Record>,
+    },
+    /// A state change, for logs and metrics.
+    Event(NodeEvent),
+}
+
+/// Why copies were resubmitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResubmitReason {
+    /// The primary missed heartbeats for the whole resubmit interval.
+    PrimaryUnreachable,
+    /// The primary came back with a different database id: it lost its queue.
+    DatabaseIdChanged,
+    /// The primary broke the shadow protocol.
+    ProtocolBreach,
+}
+
+/// A state change of a message or of the redundancy bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A message was accepted from a sender (or submitted locally) and persisted.
+    Received {
+        /// Our id for it.
+        id: MessageId,
+        /// The reverse-path.
+        from: String,
+        /// How many recipients.
+        recipients: usize,
+        /// Body size in bytes.
+        size: usize,
+        /// The sender's shadow context when we are its primary for this message.
+        primary_for: Option<String>,
+    },
+    /// A next hop took the message and we keep a shadow copy.
+    Shadowed {
+        /// The message.
+        id: MessageId,
+        /// The primary holding it.
+        primary: String,
+        /// The XSHADOW= id it was sent with.
+        shadow_id: String,
+    },
+    /// A next hop took the message; it is no longer ours.
+    Delivered {
+        /// The message.
+        id: MessageId,
+        /// The next hop.
+        hop: String,
+    },
+    /// Delivery failed for now; it is queued again.
+    Deferred {
+        /// The message.
+        id: MessageId,
+        /// When it is tried again.
+        retry_in: Duration,
+        /// Why, in a few words.
+        reason: String,
+    },
+    /// The message (or some of its recipients) failed permanently; a bounce was queued unless
+    /// the sender was null.
+    Bounced {
+        /// The message.
+        id: MessageId,
+        /// The bounce's id, if one was made.
+        bounce: Option<MessageId>,
+        /// Why.
+        reason: String,
+    },
+    /// The primary passed the message on: our shadow copy was dropped.
+    Discarded {
+        /// The message.
+        id: MessageId,
+        /// The primary.
+        primary: String,
+    },
+    /// A shadow copy outlived the auto-discard interval and was dropped.
+    AutoDiscarded {
+        /// The message.
+        id: MessageId,
+        /// The primary.
+        primary: String,
+    },
+    /// Shadow copies became deliveries again: we took the primary role back.
+    Resubmitted {
+        /// The message.
+        id: MessageId,
+        /// The primary that failed.
+        primary: String,
+        /// Why.
+        reason: ResubmitReason,
+    },
+    /// A discard event is owed to a shadow server.
+    DiscardQueued {
+        /// The shadow's context.
+        context: String,
+        /// The message's XSHADOW= id.
+        discard_id: String,
+    },
+    /// A shadow confirmed reading discard events; they are gone.
+    DiscardsConfirmed {
+        /// How many.
+        count: usize,
+    },
+    /// A heartbeat (or session) to a primary failed.
+    HeartbeatFailed {
+        /// The primary.
+        primary: String,
+        /// Consecutive failures now.
+        failures: u64,
+    },
+}
+
+/// A snapshot of a node's queues, for `xshadow queue` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Messages waiting for a next hop (including ones waiting to be persisted).
+    pub queued: usize,
+    /// Messages being sent.
+    pub in_flight: usize,
+    /// Shadow copies per primary.
+    pub shadow_copies: BTreeMap<String, usize>,
+    /// Discard events owed, per shadow context.
+    pub discard_events: BTreeMap<String, usize>,
+    /// Bytes of bodies held.
+    pub queued_bytes: usize,
+    /// Open connections.
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MessageState {
+    /// Waiting for its `Accepted` record to be durable.
+    Persisting,
+    /// Waiting to be sent (in `queue` or a hop's backlog).
+    Queued,
+    /// Attached to an outbound connection.
+    InFlight(ConnId),
+    /// A primary took it; we keep the copy.
+    Shadowed { primary: String },
+}
+
+#[derive(Debug)]
+struct Message {
+    at: Instant,
+    envelope: Envelope,
+    body: Arc<[u8]>,
+    primary_for: Option<PrimaryFor>,
+    state: MessageState,
+    attempts: u32,
+    /// A primary that failed with this message: prefer another hop.
+    avoid: Option<String>,
+}
+
+#[derive(Debug)]
+struct Inbound {
+    session: ServerSession,
+    may_relay: bool,
+    helo: String,
+    peer: IpAddr,
+    /// A message waiting for its delayed acknowledgement.
+    delayed_ack: Option<MessageId>,
+}
+
+#[derive(Debug)]
+struct Outbound {
+    hop: String,
+    /// `None` until connected.
+    session: Option<ClientSession>,
+    /// Messages this session carries.
+    messages: Vec<MessageId>,
+    heartbeat: bool,
+    database_id: Option<String>,
+    discard_answered: bool,
+}
+
+#[derive(Debug)]
+enum Conn {
+    Inbound(Box<Inbound>),
+    Outbound(Box<Outbound>),
+}
+
+#[derive(Debug, Default)]
+struct Hop {
+    backlog: VecDeque<MessageId>,
+    conns: BTreeSet<ConnId>,
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+/// What to do once a Persist batch is durable.
+#[derive(Debug)]
+enum AfterPersist {
+    /// A received message: acknowledge it on its connection (maybe delayed), queue it.
+    Acknowledge { conn: Option<ConnId>, id: MessageId },
+}
+
+/// One relay node as a pure state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    server_config: Arc<ServerConfig>,
+    context: String,
+    rng: fastrand::Rng,
+    database_id: String,
+    anchor: (Instant, u64),
+    now: Instant,
+    next_conn: u64,
+    next_message: u64,
+    next_token: u64,
+    conns: BTreeMap<ConnId, Conn>,
+    messages: HashMap<MessageId, Message>,
+    queue: BTreeSet<(Instant, MessageId)>,
+    hops: BTreeMap<String, Hop>,
+    shadow: ShadowQueues,
+    ledger: DiscardLedger,
+    persisting: HashMap<u64, Vec<AfterPersist>>,
+    batch: Vec<Record>,
+    batch_after: Vec<AfterPersist>,
+    delayed_acks: BTreeSet<(Instant, MessageId)>,
+    ack_conn: HashMap<MessageId, ConnId>,
+    outputs: VecDeque<Output>,
+    queued_bytes: usize,
+}
+
+fn status(class: u8, subject: u16, detail: u16) -> Option<EnhancedStatus> {
+    Some(EnhancedStatus::new(class, subject, detail))
+}
+
+fn insufficient_storage() -> Reply<'static> {
+    Reply::new(452, status(4, 3, 1), "Insufficient system storage")
+}
+
+fn path_text(from: &ReversePath<'_>) -> String {
+    match from.mailbox() {
+        Some(m) => m.to_string(),
+        None => String::new(),
+    }
+}
+
+impl Node {
+    /// A node with a new, empty store: creates the database id and emits its record first.
+    /// `seed` drives every id the node makes; `unix_ms` is the wall clock at `now`.
+    pub fn new(config: NodeConfig, seed: u64, now: Instant, unix_ms: u64) -> Self {
+        Self::recover(config, StoreState::default(), seed, now, unix_ms)
+    }
+
+    /// Rebuilds a node from the state its records describe (after a restart or crash):
+    /// queued messages and messages that were in flight are queued again, shadow copies and
+    /// discard events come back with their ages. A store without a database id gets one.
+    pub fn recover(
+        config: NodeConfig,
+        state: StoreState,
+        seed: u64,
+        now: Instant,
+        unix_ms: u64,
+    ) -> Self {
+        let mut server = config.server.clone();
+        server.hostname = config.name.clone();
+        server.shadow = if config.offer_shadow {
+            ShadowOffer::XShadow
+        } else {
+            ShadowOffer::None
+        };
+        let mut node = Self {
+            server_config: Arc::new(server),
+            context: config.shadow_context(),
+            rng: fastrand::Rng::with_seed(seed),
+            database_id: String::new(),
+            anchor: (now, unix_ms),
+            now,
+            next_conn: 1,
+            next_message: state.next_message_id.max(1),
+            next_token: 1,
+            conns: BTreeMap::new(),
+            messages: HashMap::new(),
+            queue: BTreeSet::new(),
+            hops: config
+                .next_hops
+                .iter()
+                .map(|h| (h.clone(), Hop::default()))
+                .collect(),
+            shadow: ShadowQueues::new(config.shadow),
+            ledger: DiscardLedger::new(config.shadow.auto_discard),
+            persisting: HashMap::new(),
+            batch: Vec::new(),
+            batch_after: Vec::new(),
+            delayed_acks: BTreeSet::new(),
+            ack_conn: HashMap::new(),
+            outputs: VecDeque::new(),
+            queued_bytes: 0,
+            config,
+        };
+        match state.database_id {
+            Some(id) => node.database_id = id,
+            None => {
+                let mut bytes = [0u8; 16];
+                node.rng.fill(&mut bytes);
+                node.database_id = base64::engine::general_purpose::STANDARD.encode(bytes);
+                node.batch.push(Record::DatabaseId {
+                    id: node.database_id.clone(),
+                });
+            }
+        }
+        for event in &state.discard_events {
+            let at = node.instant_of(event.at_ms);
+            node.ledger.restore(&event.context, &event.discard_id, at);
+        }
+        for (id, stored) in state.messages {
+            let at = node.instant_of(stored.at_ms);
+            node.queued_bytes += stored.body.len();
+            let mut message = Message {
+                at,
+                envelope: stored.envelope,
+                body: stored.body,
+                primary_for: stored.primary_for,
+                state: MessageState::Queued,
+                attempts: 0,
+                avoid: None,
+            };
+            if let Some(copy) = stored.shadow {
+                let added = node.instant_of(copy.at_ms);
+                let resubmit = node.shadow.add_copy(
+                    &copy.primary,
+                    id,
+                    &copy.shadow_id,
+                    &copy.database_id,
+                    added,
+                );
+                message.state = MessageState::Shadowed {
+                    primary: copy.primary.clone(),
+                };
+                node.messages.insert(id, message);
+                node.resubmit(&copy.primary, resubmit, ResubmitReason::DatabaseIdChanged);
+            } else {
+                node.messages.insert(id, message);
+                node.queue.insert((now, id));
+            }
+        }
+        node.flush_batch();
+        node
+    }
+
+    /// The database id of this node's store (returned in every XSHADOW reply).
+    pub fn database_id(&self) -> &str {
+        &self.database_id
+    }
+
+    /// A new inbound connection from `peer`; returns its name. The greeting is queued.
+    pub fn accept(&mut self, peer: IpAddr, now: Instant) -> ConnId {
+        self.now = now;
+        let conn = self.new_conn();
+        let may_shadow = self.config.shadow_peers.iter().any(|n| n.contains(peer));
+        let may_relay = may_shadow || self.config.relay_clients.iter().any(|n| n.contains(peer));
+        let session = ServerSession::new(self.server_config.clone(), may_shadow, now);
+        self.conns.insert(
+            conn,
+            Conn::Inbound(Box::new(Inbound {
+                session,
+                may_relay,
+                helo: String::new(),
+                peer,
+                delayed_ack: None,
+            })),
+        );
+        self.pump(conn);
+        self.finish_step();
+        conn
+    }
+
+    /// A message submitted locally (not over SMTP); it is persisted, then queued.
+    pub fn submit(&mut self, envelope: Envelope, body: &[u8], now: Instant) -> MessageId {
+        self.now = now;
+        let id = self.new_message_id();
+        let header = dsn::received_header(
+            &self.config.name,
+            "localhost",
+            "local submission",
+            id.0,
+            None,
+            self.unix_ms(now),
+        );
+        let body: Arc<[u8]> = [header.as_bytes(), body].concat().into();
+        self.accept_message(id, envelope, body, None, None);
+        self.finish_step();
+        id
+    }
+
+    /// Reacts to one input.
+    pub fn handle_input(&mut self, input: Input<'_>, now: Instant) {
+        self.now = now;
+        match input {
+            Input::Received(conn, data) => match self.conns.get_mut(&conn) {
+                Some(Conn::Inbound(c)) => c.session.handle_input(data, now),
+                Some(Conn::Outbound(c)) => {
+                    if let Some(s) = c.session.as_mut() {
+                        s.handle_input(data, now);
+                    }
+                }
+                None => {}
+            },
+            Input::Connected(conn) => self.connected(conn),
+            Input::ConnectFailed(conn) => self.connect_failed(conn),
+            Input::Closed(conn) => match self.conns.get_mut(&conn) {
+                Some(Conn::Inbound(c)) => c.session.handle_eof(now),
+                Some(Conn::Outbound(c)) => match c.session.as_mut() {
+                    Some(s) => s.handle_close(now),
+                    None => self.connect_failed(conn),
+                },
+                None => {}
+            },
+            Input::Persisted(token) => {
+                for after in self.persisting.remove(&token).unwrap_or_default() {
+                    self.after_persist(after);
+                }
+            }
+        }
+        if let Input::Received(conn, _) | Input::Closed(conn) = input {
+            self.pump(conn);
+        }
+        self.finish_step();
+    }
+
+    /// Fires every timer due at `now`. Early or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            match self.conns.get_mut(&conn) {
+                Some(Conn::Inbound(c)) => c.session.handle_timeout(now),
+                Some(Conn::Outbound(c)) => {
+                    if let Some(s) = c.session.as_mut() {
+                        s.handle_timeout(now);
+                    }
+                }
+                None => continue,
+            }
+            self.pump(conn);
+        }
+        while let Some(&(due, id)) = self.delayed_acks.first() {
+            if due > now {
+                break;
+            }
+            self.delayed_acks.remove(&(due, id));
+            self.release_ack(id);
+        }
+        for (primary, id) in self.shadow.expire(now) {
+            self.batch.push(Record::Done { id });
+            self.forget_message(id);
+            self.outputs
+                .push_back(Output::Event(NodeEvent::AutoDiscarded { id, primary }));
+        }
+        let expired = self.ledger.expire(now);
+        if !expired.is_empty() {
+            self.batch
+                .push(Record::DiscardsForgotten { events: expired });
+        }
+        while let Some(primary) = self.shadow.poll_heartbeat(now) {
+            self.open_session(&primary, true);
+        }
+        self.finish_step();
+    }
+
+    /// When [`Node::handle_timeout`] should be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sessions = self.conns.values().filter_map(|c| match c {
+            Conn::Inbound(c) => c.session.poll_timeout(),
+            Conn::Outbound(c) => c.session.as_ref().and_then(ClientSession::poll_timeout),
+        });
+        let queue = self.queue.first().map(|(t, _)| *t);
+        let acks = self.delayed_acks.first().map(|(t, _)| *t);
+        sessions
+            .chain(
+                [
+                    queue,
+                    acks,
+                    self.shadow.poll_timeout(),
+                    self.ledger.poll_timeout(),
+                ]
+                .into_iter()
+                .flatten(),
+            )
+            .min()
+    }
+
+    /// The next thing the driver must do, if any.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// A snapshot of the queues.
+    pub fn stats(&self) -> NodeStats {
+        let mut stats = NodeStats {
+            queued_bytes: self.queued_bytes,
+            connections: self.conns.len(),
+            ..NodeStats::default()
+        };
+        for m in self.messages.values() {
+            match m.state {
+                MessageState::Persisting | MessageState::Queued => stats.queued += 1,
+                MessageState::InFlight(_) => stats.in_flight += 1,
+                MessageState::Shadowed { .. } => {}
+            }
+        }
+        for primary in self.shadow.primaries() {
+            stats
+                .shadow_copies
+                .insert(primary.to_owned(), self.shadow.copies(primary));
+        }
+        for context in self.ledger.contexts() {
+            stats.discard_events.insert(
+                context.to_owned(),
+                self.ledger.pending(context) + self.ledger.in_doubt(context),
+            );
+        }
+        stats
+    }
+
+    /// The shadow bookkeeping (copies held per primary).
+    pub fn shadow_queues(&self) -> &ShadowQueues {
+        &self.shadow
+    }
+
+    /// The discard events owed to shadows.
+    pub fn discard_ledger(&self) -> &DiscardLedger {
+        &self.ledger
+    }
+
+    // ---- plumbing ----------------------------------------------------------------------
+
+    fn new_conn(&mut self) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        conn
+    }
+
+    fn new_message_id(&mut self) -> MessageId {
+        let id = MessageId(self.next_message);
+        self.next_message += 1;
+        id
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        let (at, ms) = self.anchor;
+        let delta = now.saturating_duration_since(at).as_millis();
+        ms.saturating_add(u64::try_from(delta).unwrap_or(u64::MAX))
+    }
+
+    fn instant_of(&self, unix_ms: u64) -> Instant {
+        let (at, ms) = self.anchor;
+        let back = Duration::from_millis(ms.saturating_sub(unix_ms));
+        at.checked_sub(back).unwrap_or(at)
+    }
+
+    /// A version-4 GUID in Exchange's lowercase hyphenated form, from the node's generator.
+    fn new_shadow_id(&mut self) -> String {
+        let mut b = [0u8; 16];
+        self.rng.fill(&mut b);
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    }
+
+    /// Ends a state change: emits the batched records as one Persist, moves queued messages
+    /// onto next hops.
+    fn finish_step(&mut self) {
+        self.dispatch();
+        self.flush_batch();
+    }
+
+    fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            for after in std::mem::take(&mut self.batch_after) {
+                self.after_persist(after);
+            }
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let records = std::mem::take(&mut self.batch);
+        let after = std::mem::take(&mut self.batch_after);
+        if !after.is_empty() {
+            self.persisting.insert(token, after);
+        }
+        self.outputs.push_back(Output::Persist { token, records });
+    }
+
+    /// Drains one connection's session: bytes out, events handled, close when it is over.
+    fn pump(&mut self, conn: ConnId) {
+        for _ in 0..10_000 {
+            let mut progressed = false;
+            let mut data = Vec::new();
+            let closed = match self.conns.get_mut(&conn) {
+                Some(Conn::Inbound(c)) => {
+                    let _ = c.session.poll_transmit(&mut data);
+                    c.session.is_closed()
+                }
+                Some(Conn::Outbound(c)) => match c.session.as_mut() {
+                    Some(s) => {
+                        let _ = s.poll_transmit(&mut data);
+                        s.is_closed()
+                    }
+                    None => false,
+                },
+                None => return,
+            };
+            if !data.is_empty() {
+                self.outputs.push_back(Output::Transmit { conn, data });
+                progressed = true;
+            }
+            loop {
+                let event = match self.conns.get_mut(&conn) {
+                    Some(Conn::Inbound(c)) => c.session.poll_event().map(Ok),
+                    Some(Conn::Outbound(c)) => c
+                        .session
+                        .as_mut()
+                        .and_then(ClientSession::poll_event)
+                        .map(Err),
+                    None => None,
+                };
+                match event {
+                    Some(Ok(e)) => self.server_event(conn, e),
+                    Some(Err(e)) => self.client_event(conn, e),
+                    None => break,
+                }
+                progressed = true;
+            }
+            if !progressed {
+                if closed {
+                    self.close_conn(conn);
+                }
+                return;
+            }
+        }
+    }
+
+    fn close_conn(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.outputs.push_back(Output::Close(conn));
+        match c {
+            Conn::Inbound(c) => {
+                self.ledger.connection_lost(conn.0);
+                if let Some(id) = c.delayed_ack {
+                    self.ack_conn.remove(&id);
+                }
+            }
+            Conn::Outbound(c) => {
+                if let Some(hop) = self.hops.get_mut(&c.hop) {
+                    hop.conns.remove(&conn);
+                }
+                // Anything the session did not report is retried, never dropped.
+                for id in c.messages {
+                    if matches!(self.messages.get(&id).map(|m| &m.state), Some(MessageState::InFlight(x)) if *x == conn)
+                    {
+                        self.defer(id, "connection closed");
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- the receiving side ----------------------------------------------------------
+
+    fn server_event(&mut self, conn: ConnId, event: ServerEvent) {
+        let now = self.now;
+        let over_budget = self.queued_bytes >= self.config.memory_budget;
+        let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let s = &mut c.session;
+        let result = match event {
+            ServerEvent::Hello { domain, .. } => {
+                c.helo = domain;
+                Ok(())
+            }
+            ServerEvent::MailFrom if over_budget => s.reject_mail(insufficient_storage(), now),
+            ServerEvent::MailFrom => s.accept_mail(now),
+            ServerEvent::RcptTo if c.may_relay => s.accept_rcpt(now),
+            ServerEvent::RcptTo => {
+                s.reject_rcpt(Reply::new(550, status(5, 7, 1), "Relaying denied"), now)
+            }
+            ServerEvent::XShadow { .. } => s.accept_xshadow(&self.database_id, now),
+            ServerEvent::XShadowRequest { .. } => {
+                s.reject_shadow_request(Reply::command_not_implemented(), now)
+            }
+            ServerEvent::XqDiscard { context, max } => {
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                let ids = self.ledger.take_for_reply(&context, max, conn.0, now);
+                s.answer_xqdiscard(&ids, now).map(|_| ())
+            }
+            ServerEvent::DiscardsConfirmed { .. } => {
+                let events = self.ledger.confirm(conn.0);
+                if !events.is_empty() {
+                    self.outputs
+                        .push_back(Output::Event(NodeEvent::DiscardsConfirmed {
+                            count: events.len(),
+                        }));
+                    self.batch.push(Record::DiscardsForgotten { events });
+                }
+                Ok(())
+            }
+            ServerEvent::MessageComplete(message) => {
+                if self.queued_bytes.saturating_add(message.body.len()) > self.config.memory_budget
+                {
+                    s.message_rejected(insufficient_storage(), now)
+                } else {
+                    let message = *message;
+                    let (helo, peer) = (c.helo.clone(), c.peer);
+                    self.receive(conn, message, &helo, peer);
+                    Ok(())
+                }
+            }
+            ServerEvent::StartTls => {
+                // STARTTLS is not offered by nodes yet; a session never asks.
+                Ok(())
+            }
+            ServerEvent::TimedOut(_) | ServerEvent::Closed(_) => Ok(()),
+        };
+        debug_assert!(
+            result.is_ok(),
+            "node answered a question the session did not ask: {result:?}"
+        );
+    }
+
+    fn receive(
+        &mut self,
+        conn: ConnId,
+        message: crate::session::ReceivedMessage,
+        helo: &str,
+        peer: IpAddr,
+    ) {
+        let id = self.new_message_id();
+        let one = match message.envelope.recipients.as_slice() {
+            [only] => Some(&only.to),
+            _ => None,
+        };
+        let header = dsn::received_header(
+            &self.config.name,
+            helo,
+            &peer.to_string(),
+            id.0,
+            one,
+            self.unix_ms(self.now),
+        );
+        let body: Arc<[u8]> = [header.as_bytes(), &message.body].concat().into();
+        let primary_for = match message.shadow {
+            Some(ShadowTag::Primary {
+                context,
+                discard_id,
+            }) => Some(PrimaryFor {
+                context,
+                discard_id,
+            }),
+            _ => None,
+        };
+        let mut envelope = message.envelope;
+        // The XSHADOW= id belongs to the hop it came over; ours are made per attempt.
+        envelope.params.xshadow = None;
+        self.accept_message(id, envelope, body, primary_for, Some(conn));
+    }
+
+    /// Persists a new message; it is acknowledged and queued once durable.
+    fn accept_message(
+        &mut self,
+        id: MessageId,
+        envelope: Envelope,
+        body: Arc<[u8]>,
+        primary_for: Option<PrimaryFor>,
+        conn: Option<ConnId>,
+    ) {
+        let at_ms = self.unix_ms(self.now);
+        self.queued_bytes += body.len();
+        self.batch.push(Record::Accepted {
+            id,
+            at_ms,
+            envelope: envelope.clone(),
+            body: body.clone(),
+            primary_for: primary_for.clone(),
+        });
+        self.batch_after
+            .push(AfterPersist::Acknowledge { conn, id });
+        self.messages.insert(
+            id,
+            Message {
+                at: self.now,
+                envelope,
+                body,
+                primary_for,
+                state: MessageState::Persisting,
+                attempts: 0,
+                avoid: None,
+            },
+        );
+    }
+
+    fn after_persist(&mut self, after: AfterPersist) {
+        match after {
+            AfterPersist::Acknowledge { conn, id } => {
+                let Some(m) = self.messages.get_mut(&id) else {
+                    return;
+                };
+                if m.state == MessageState::Persisting {
+                    m.state = MessageState::Queued;
+                    self.queue.insert((self.now, id));
+                }
+                let event = NodeEvent::Received {
+                    id,
+                    from: path_text(&m.envelope.from),
+                    recipients: m.envelope.recipients.len(),
+                    size: m.body.len(),
+                    primary_for: m.primary_for.as_ref().map(|p| p.context.clone()),
+                };
+                let delay = m.primary_for.is_none() && !self.config.max_ack_delay.is_zero();
+                self.outputs.push_back(Output::Event(event));
+                let Some(conn) = conn else {
+                    return;
+                };
+                let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                if delay {
+                    c.delayed_ack = Some(id);
+                    self.ack_conn.insert(id, conn);
+                    self.delayed_acks
+                        .insert((self.now + self.config.max_ack_delay, id));
+                } else {
+                    let _ = c.session.message_stored(self.now);
+                    self.pump(conn);
+                }
+            }
+        }
+    }
+
+    /// Sends the held-back 250 for `id` (delayed acknowledgement, PROTOCOL.md §8).
+    fn release_ack(&mut self, id: MessageId) {
+        let Some(conn) = self.ack_conn.remove(&id) else {
+            return;
+        };
+        if let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn) {
+            c.delayed_ack = None;
+            let _ = c.session.message_stored(self.now);
+            self.pump(conn);
+        }
+    }
+
+    // ---- the sending side ------------------------------------------------------------
+
+    /// Moves due messages onto next hops and opens sessions for them.
+    fn dispatch(&mut self) {
+        while let Some(&(due, id)) = self.queue.first() {
+            if due > self.now {
+                break;
+            }
+            self.queue.remove(&(due, id));
+            let Some(m) = self.messages.get(&id) else {
+                continue;
+            };
+            if m.state != MessageState::Queued {
+                continue;
+            }
+            if self.now.saturating_duration_since(m.at) >= self.config.retry.lifetime {
+                self.fail_permanently(id, "4.4.7", "message expired: no next hop took it in time");
+                continue;
+            }
+            match self.choose_hop(m.avoid.as_deref()) {
+                Ok(hop) => {
+                    if let Some(h) = self.hops.get_mut(&hop) {
+                        h.backlog.push_back(id);
+                    }
+                }
+                Err(Some(retry_at)) => {
+                    self.queue.insert((retry_at, id));
+                }
+                Err(None) => {
+                    self.fail_permanently(id, "5.4.4", "no next hop is configured");
+                }
+            }
+        }
+        let hops: Vec<String> = self.hops.keys().cloned().collect();
+        for hop in hops {
+            self.fill_hop(&hop);
+        }
+    }
+
+    /// The first next hop that is up, preferring one other than `avoid`; else when one is
+    /// up again (`Err(Some)`), or `Err(None)` without any.
+    fn choose_hop(&self, avoid: Option<&str>) -> Result<String, Option<Instant>> {
+        let up = |name: &String| {
+            self.hops
+                .get(name)
+                .is_some_and(|h| h.down_until.is_none_or(|t| t <= self.now))
+        };
+        let order = self.config.next_hops.iter();
+        if let Some(hop) = order.clone().find(|h| up(h) && Some(h.as_str()) != avoid) {
+            return Ok(hop.clone());
+        }
+        if let Some(hop) = order.clone().find(|h| up(h)) {
+            return Ok(hop.clone());
+        }
+        Err(self.hops.values().filter_map(|h| h.down_until).min())
+    }
+
+    /// Gives a hop's backlog to sessions: ones still connecting take more, new ones open
+    /// while the hop has room.
+    fn fill_hop(&mut self, hop: &str) {
+        loop {
+            let Some(h) = self.hops.get(hop) else {
+                return;
+            };
+            if h.backlog.is_empty() {
+                return;
+            }
+            let max_msgs = self.config.max_messages_per_session.max(1);
+            let connecting = h.conns.iter().copied().find(|c| {
+                matches!(self.conns.get(c), Some(Conn::Outbound(o)) if o.session.is_none() && !o.heartbeat && o.messages.len() < max_msgs)
+            });
+            let conn = match connecting {
+                Some(conn) => conn,
+                None => {
+                    let busy = h.conns.iter().filter(|c| matches!(self.conns.get(c), Some(Conn::Outbound(o)) if !o.heartbeat)).count();
+                    if busy >= self.config.max_connections_per_hop.max(1) {
+                        return;
+                    }
+                    self.open_session(hop, false)
+                }
+            };
+            let Some(h) = self.hops.get_mut(hop) else {
+                return;
+            };
+            let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            while o.messages.len() < max_msgs {
+                let Some(id) = h.backlog.pop_front() else {
+                    break;
+                };
+                if let Some(m) = self.messages.get_mut(&id) {
+                    m.state = MessageState::InFlight(conn);
+                    o.messages.push(id);
+                }
+            }
+        }
+    }
+
+    fn open_session(&mut self, hop: &str, heartbeat: bool) -> ConnId {
+        let conn = self.new_conn();
+        self.conns.insert(
+            conn,
+            Conn::Outbound(Box::new(Outbound {
+                hop: hop.to_owned(),
+                session: None,
+                messages: Vec::new(),
+                heartbeat,
+                database_id: None,
+                discard_answered: false,
+            })),
+        );
+        self.hops
+            .entry(hop.to_owned())
+            .or_default()
+            .conns
+            .insert(conn);
+        self.outputs.push_back(Output::Connect {
+            conn,
+            to: hop.to_owned(),
+        });
+        conn
+    }
+
+    fn connected(&mut self, conn: ConnId) {
+        let now = self.now;
+        let mut config = self.config.client.clone();
+        config.hostname = self.config.name.clone();
+        config.shadow_context = self.config.shadow_next_hops.then(|| self.context.clone());
+        let ids = match self.conns.get(&conn) {
+            Some(Conn::Outbound(o)) if o.session.is_none() => o.messages.clone(),
+            _ => return,
+        };
+        let mut session = match ClientSession::new(config, now) {
+            Ok(s) => s,
+            Err(_) => {
+                // A configuration the client refuses cannot send anything: treat as a failed
+                // connection so the messages are retried elsewhere.
+                return self.connect_failed(conn);
+            }
+        };
+        for id in ids {
+            let shadow_id = self.config.shadow_next_hops.then(|| self.new_shadow_id());
+            if let Some(m) = self.messages.get_mut(&id) {
+                m.attempts += 1;
+                let msg = OutboundMessage {
+                    id: id.0,
+                    envelope: m.envelope.clone(),
+                    body: m.body.clone(),
+                    shadow_id,
+                };
+                let _ = session.queue_message(msg, now);
+            }
+        }
+        let _ = session.finish(self.config.shadow_next_hops, now);
+        if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn) {
+            o.session = Some(session);
+        }
+        self.pump(conn);
+    }
+
+    fn connect_failed(&mut self, conn: ConnId) {
+        let hop = match self.conns.get(&conn) {
+            Some(Conn::Outbound(o)) => o.hop.clone(),
+            _ => return,
+        };
+        self.hop_failed(&hop);
+        self.heartbeat_failed(&hop);
+        self.close_conn(conn);
+    }
+
+    fn hop_failed(&mut self, hop: &str) {
+        let now = self.now;
+        let first = self.config.retry.first;
+        if let Some(h) = self.hops.get_mut(hop) {
+            h.failures = h.failures.saturating_add(1);
+            let backoff = first
+                .saturating_mul(1 << h.failures.min(6).saturating_sub(1))
+                .min(self.config.retry.max);
+            h.down_until = Some(now + backoff);
+            // Its waiting messages try another hop.
+            let backlog: Vec<MessageId> = h.backlog.drain(..).collect();
+            for id in backlog {
+                self.queue.insert((now, id));
+            }
+        }
+    }
+
+    fn hop_succeeded(&mut self, hop: &str) {
+        if let Some(h) = self.hops.get_mut(hop) {
+            h.failures = 0;
+            h.down_until = None;
+        }
+    }
+
+    fn heartbeat_failed(&mut self, hop: &str) {
+        if !self.shadow.holds_copies(hop) {
+            return;
+        }
+        let resubmit = self.shadow.heartbeat_failed(hop, self.now);
+        self.outputs
+            .push_back(Output::Event(NodeEvent::HeartbeatFailed {
+                primary: hop.to_owned(),
+                failures: self.shadow.failures(hop),
+            }));
+        self.resubmit(hop, resubmit, ResubmitReason::PrimaryUnreachable);
+    }
+
+    fn client_event(&mut self, conn: ConnId, event: ClientEvent) {
+        let now = self.now;
+        let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let hop = o.hop.clone();
+        match event {
+            ClientEvent::Capabilities { .. } => self.hop_succeeded(&hop),
+            ClientEvent::ShadowAccepted { database_id } => {
+                o.database_id = Some(database_id.clone());
+                let resubmit = self.shadow.observe_database_id(&hop, &database_id);
+                self.resubmit(&hop, resubmit, ResubmitReason::DatabaseIdChanged);
+            }
+            ClientEvent::ShadowRefused { .. } | ClientEvent::ShadowNotOffered => {}
+            ClientEvent::MessageAccepted {
+                id,
+                shadowed,
+                shadow_id,
+                recipients,
+                ..
+            } => {
+                let database_id = o.database_id.clone().unwrap_or_default();
+                let copy = shadow_id.filter(|_| shadowed).map(|s| (s, database_id));
+                self.settle(MessageId(id), &hop, None, copy, recipients);
+            }
+            ClientEvent::MessageFailed {
+                id,
+                reply,
+                permanent,
+                recipients,
+                ..
+            } => {
+                self.settle(
+                    MessageId(id),
+                    &hop,
+                    Some((&reply, permanent)),
+                    None,
+                    recipients,
+                );
+            }
+            ClientEvent::MessageDeferred { id, failure, .. } => {
+                self.defer(MessageId(id), &format!("{failure:?}"));
+            }
+            ClientEvent::DiscardIds { ids, more_possible } => {
+                o.discard_answered = true;
+                let discarded = self.shadow.discard(&hop, &ids);
+                for id in discarded.dropped {
+                    self.batch.push(Record::Done { id });
+                    self.forget_message(id);
+                    self.outputs.push_back(Output::Event(NodeEvent::Discarded {
+                        id,
+                        primary: hop.clone(),
+                    }));
+                }
+                if more_possible {
+                    let more = self.shadow.holds_copies(&hop);
+                    if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn)
+                        && let Some(s) = o.session.as_mut()
+                    {
+                        let _ = s.discard_more(more, now);
+                    }
+                } else {
+                    self.shadow.heartbeat_succeeded(&hop, now);
+                }
+            }
+            ClientEvent::DiscardRefused { .. } => self.heartbeat_failed(&hop),
+            ClientEvent::ProtocolBreach { .. } => {
+                let resubmit = self.shadow.protocol_breach(&hop);
+                self.resubmit(&hop, resubmit, ResubmitReason::ProtocolBreach);
+            }
+            ClientEvent::Closed { failure } => {
+                let answered = o.discard_answered;
+                if answered {
+                    self.shadow.heartbeat_succeeded(&hop, now);
+                } else if self.config.shadow_next_hops {
+                    self.heartbeat_failed(&hop);
+                }
+                if failure.is_some() {
+                    self.hop_failed(&hop);
+                }
+            }
+        }
+    }
+
+    /// Settles one message after a next hop's verdict. Each recipient is either taken by the
+    /// hop, to be retried, or failed for good: the retried ones travel on as a new message (with
+    /// the discard obligation, so the shadow that sent it hears only when all are handled), the
+    /// failed ones bounce, the taken ones become a shadow copy or are done.
+    ///
+    /// `whole` is the message-level refusal when the hop did not take the message at all.
+    fn settle(
+        &mut self,
+        id: MessageId,
+        hop: &str,
+        whole: Option<(&Reply<'_>, bool)>,
+        copy: Option<(String, String)>,
+        refused: Vec<RecipientOutcome>,
+    ) {
+        let Some(m) = self.messages.get(&id) else {
+            return;
+        };
+        if !matches!(m.state, MessageState::InFlight(_)) {
+            return;
+        }
+        #[derive(Clone)]
+        enum Verdict {
+            Taken,
+            Retry,
+            Failed(FailedRecipient),
+        }
+        let failed = |to: &crate::wire::path::ForwardPath<'static>, reply: &Reply<'_>| {
+            Verdict::Failed(FailedRecipient {
+                to: to.clone(),
+                status: enhanced_text(reply, "5.0.0"),
+                diagnostic: reply.to_string().trim_end().to_owned(),
+            })
+        };
+        let mut verdicts: Vec<Verdict> = m
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| match whole {
+                None => Verdict::Taken,
+                Some((reply, true)) => failed(&r.to, reply),
+                Some((_, false)) => Verdict::Retry,
+            })
+            .collect();
+        for r in &refused {
+            if let Some(v) = verdicts.get_mut(r.index) {
+                *v = if r.permanent {
+                    failed(&r.to, &r.reply)
+                } else {
+                    Verdict::Retry
+                };
+            }
+        }
+        let pick = |want: fn(&Verdict) -> bool| -> Vec<Recipient> {
+            m.envelope
+                .recipients
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, v)| want(v))
+                .map(|(r, _)| r.clone())
+                .collect()
+        };
+        let taken = pick(|v| matches!(v, Verdict::Taken));
+        let retry = pick(|v| matches!(v, Verdict::Retry));
+        let bounced: Vec<FailedRecipient> = verdicts
+            .iter()
+            .filter_map(|v| match v {
+                Verdict::Failed(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        if taken.is_empty() && bounced.is_empty() {
+            let why = whole.map_or_else(String::new, |(r, _)| r.to_string().trim_end().to_owned());
+            return self.defer(id, &why);
+        }
+        let mut primary_for = m.primary_for.clone();
+        if !retry.is_empty() {
+            let envelope = Envelope {
+                from: m.envelope.from.clone(),
+                params: m.envelope.params.clone(),
+                recipients: retry,
+            };
+            let (body, attempts) = (m.body.clone(), m.attempts);
+            let rest = self.new_message_id();
+            self.accept_message(rest, envelope, body, primary_for.take(), None);
+            if let Some(r) = self.messages.get_mut(&rest) {
+                r.attempts = attempts;
+            }
+        }
+        if !bounced.is_empty() {
+            self.bounce(id, &bounced);
+        }
+        if let Some(pf) = primary_for {
+            self.owe_discard(pf);
+        }
+        match copy.filter(|_| !taken.is_empty()) {
+            Some((shadow_id, database_id)) => {
+                let at_ms = self.unix_ms(self.now);
+                self.batch.push(Record::Shadowed {
+                    id,
+                    primary: hop.to_owned(),
+                    shadow_id: shadow_id.clone(),
+                    database_id: database_id.clone(),
+                    at_ms,
+                });
+                if let Some(m) = self.messages.get_mut(&id) {
+                    m.state = MessageState::Shadowed {
+                        primary: hop.to_owned(),
+                    };
+                    m.primary_for = None;
+                    m.envelope.recipients = taken;
+                }
+                let resubmit = self
+                    .shadow
+                    .add_copy(hop, id, &shadow_id, &database_id, self.now);
+                self.outputs.push_back(Output::Event(NodeEvent::Shadowed {
+                    id,
+                    primary: hop.to_owned(),
+                    shadow_id,
+                }));
+                self.resubmit(hop, resubmit, ResubmitReason::DatabaseIdChanged);
+            }
+            None => {
+                self.batch.push(Record::Done { id });
+                self.forget_message(id);
+                if !taken.is_empty() {
+                    self.outputs.push_back(Output::Event(NodeEvent::Delivered {
+                        id,
+                        hop: hop.to_owned(),
+                    }));
+                }
+            }
+        }
+        self.release_ack(id);
+    }
+
+    /// Queues a discard event for the shadow that sent us a message we have now handled.
+    fn owe_discard(&mut self, pf: PrimaryFor) {
+        let at_ms = self.unix_ms(self.now);
+        self.ledger.record(&pf.context, &pf.discard_id, self.now);
+        self.outputs
+            .push_back(Output::Event(NodeEvent::DiscardQueued {
+                context: pf.context.clone(),
+                discard_id: pf.discard_id.clone(),
+            }));
+        self.batch.push(Record::DiscardQueued {
+            context: pf.context,
+            discard_id: pf.discard_id,
+            at_ms,
+        });
+    }
+
+    /// Try again later, with exponential backoff; bounce once the lifetime is over.
+    fn defer(&mut self, id: MessageId, why: &str) {
+        let Some(m) = self.messages.get_mut(&id) else {
+            return;
+        };
+        if !matches!(m.state, MessageState::InFlight(_)) {
+            return;
+        }
+        m.state = MessageState::Queued;
+        let exp = m.attempts.saturating_sub(1).min(20);
+        let delay = self
+            .config
+            .retry
+            .first
+            .saturating_mul(1u32 << exp.min(16))
+            .min(self.config.retry.max);
+        self.queue.insert((self.now + delay, id));
+        self.outputs.push_back(Output::Event(NodeEvent::Deferred {
+            id,
+            retry_in: delay,
+            reason: why.to_owned(),
+        }));
+        // The next hop is in retry: a held-back acknowledgement goes out now (PROTOCOL.md §8).
+        self.release_ack(id);
+    }
+
+    /// The message failed for good without a next hop's verdict (expired, no route): bounce
+    /// every recipient and forget it.
+    fn fail_permanently(&mut self, id: MessageId, status: &str, diagnostic: &str) {
+        let Some(m) = self.messages.get(&id) else {
+            return;
+        };
+        let failed: Vec<FailedRecipient> = m
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| FailedRecipient {
+                to: r.to.clone(),
+                status: status.to_owned(),
+                diagnostic: diagnostic.to_owned(),
+            })
+            .collect();
+        if let Some(pf) = m.primary_for.clone() {
+            self.owe_discard(pf);
+        }
+        self.bounce(id, &failed);
+        self.batch.push(Record::Done { id });
+        self.forget_message(id);
+        self.release_ack(id);
+    }
+
+    fn bounce(&mut self, id: MessageId, failed: &[FailedRecipient]) {
+        let Some(m) = self.messages.get(&id) else {
+            return;
+        };
+        let unix_ms = self.unix_ms(self.now);
+        let seed = self.rng.u64(..);
+        let made = dsn::bounce(
+            &self.config.name,
+            &m.envelope,
+            &m.body,
+            failed,
+            seed,
+            unix_ms,
+        );
+        let reason = failed
+            .first()
+            .map(|f| f.diagnostic.clone())
+            .unwrap_or_default();
+        let bounce = made.map(|(to, body)| {
+            let envelope = Envelope {
+                from: ReversePath::Null,
+                params: MailParams::default(),
+                recipients: vec![Recipient {
+                    to,
+                    params: RcptParams::default(),
+                }],
+            };
+            let bid = self.new_message_id();
+            self.accept_message(bid, envelope, body.into(), None, None);
+            bid
+        });
+        self.outputs
+            .push_back(Output::Event(NodeEvent::Bounced { id, bounce, reason }));
+    }
+
+    /// Copies whose primary failed become deliveries again, avoiding that primary.
+    fn resubmit(
+        &mut self,
+        primary: &str,
+        ids: Vec<crate::shadow::MessageId>,
+        reason: ResubmitReason,
+    ) {
+        for id in ids {
+            let Some(m) = self.messages.get_mut(&id) else {
+                continue;
+            };
+            m.state = MessageState::Queued;
+            m.avoid = Some(primary.to_owned());
+            self.queue.insert((self.now, id));
+            self.batch.push(Record::Resubmitted { id });
+            self.outputs
+                .push_back(Output::Event(NodeEvent::Resubmitted {
+                    id,
+                    primary: primary.to_owned(),
+                    reason,
+                }));
+        }
+    }
+
+    fn forget_message(&mut self, id: MessageId) {
+        if let Some(m) = self.messages.remove(&id) {
+            self.queued_bytes = self.queued_bytes.saturating_sub(m.body.len());
+        }
+    }
+}
+
+fn enhanced_text(reply: &Reply<'_>, fallback: &str) -> String {
+    reply
+        .enhanced
+        .map_or_else(|| fallback.to_owned(), |s| s.to_string())
+}
