@@ -30,7 +30,7 @@ pub struct End {
 
 /// What a host is.
 pub enum Host {
-    Node(NodeHost),
+    Node(Box<NodeHost>),
     Sink(SinkHost),
     Client(ClientHost),
 }
@@ -158,7 +158,7 @@ impl World {
     pub fn add_node(&mut self, name: &str, config: NodeConfig, seed: u64) -> usize {
         let host = self.hosts.len();
         let node = Node::new(config.clone(), seed, self.now, self.unix_start);
-        self.hosts.push(Host::Node(NodeHost {
+        self.hosts.push(Host::Node(Box::new(NodeHost {
             name: name.to_owned(),
             config,
             node: Some(node),
@@ -166,7 +166,7 @@ impl World {
             unsynced: Vec::new(),
             events: Vec::new(),
             restarts: 0,
-        }));
+        })));
         self.names.insert(name.to_owned(), host);
         self.drain(host);
         host
@@ -457,10 +457,10 @@ impl World {
         for host in 0..self.hosts.len() {
             match &mut self.hosts[host] {
                 Host::Node(n) => {
-                    if let Some(node) = n.node.as_mut() {
-                        if node.poll_timeout().is_some_and(|t| t <= now) {
-                            node.handle_timeout(now);
-                        }
+                    if let Some(node) = n.node.as_mut()
+                        && node.poll_timeout().is_some_and(|t| t <= now)
+                    {
+                        node.handle_timeout(now);
                     }
                 }
                 Host::Sink(s) => {
@@ -535,10 +535,10 @@ impl World {
                     self.links.remove(&End { host, conn: conn.0 });
                     return self.event(Ev::ConnectFailed { host, conn });
                 }
-                if let Host::Node(n) = &mut self.hosts[host] {
-                    if let Some(node) = n.node.as_mut() {
-                        node.handle_input(Input::Connected(conn), now);
-                    }
+                if let Host::Node(n) = &mut self.hosts[host]
+                    && let Some(node) = n.node.as_mut()
+                {
+                    node.handle_input(Input::Connected(conn), now);
                 }
             }
             Ev::ConnectFailed { host, conn } => match &mut self.hosts[host] {
