@@ -57,7 +57,7 @@ pub struct SinkHost {
 }
 
 pub struct ClientHost {
-    pub session: Option<ClientSession>,
+    pub session: Option<Box<ClientSession>>,
     /// Message ids the hub acknowledged (250 to the end of data).
     pub acknowledged: Vec<u64>,
     pub refused: Vec<u64>,
@@ -203,7 +203,7 @@ impl World {
         }
         session.finish(false, self.now).unwrap();
         self.hosts.push(Host::Client(ClientHost {
-            session: Some(session),
+            session: Some(Box::new(session)),
             acknowledged: Vec::new(),
             refused: Vec::new(),
         }));
@@ -447,7 +447,7 @@ impl World {
                     .values()
                     .filter_map(ServerSession::poll_timeout)
                     .min(),
-                Host::Client(c) => c.session.as_ref().and_then(ClientSession::poll_timeout),
+                Host::Client(c) => c.session.as_ref().and_then(|s| s.poll_timeout()),
             })
             .min()
     }
