@@ -1,0 +1,475 @@
+//! xshadow-tokio: runs an xshadow relay [`Node`] on tokio.
+//!
+//! The binding owns sockets, the timer and the spool thread, and nothing else: every protocol
+//! decision is the core's. One task owns the node and follows the drain rule literally; one
+//! task per connection moves bytes between the socket and the node.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use xshadow_core::node::NodeConfig;
+//! let mut config = NodeConfig::new("edge1.example");
+//! config.next_hops = vec!["127.0.0.1:2526".into()];
+//! let node = xshadow_tokio::start(xshadow_tokio::Settings::new(config, "127.0.0.1:2525".parse().unwrap(), "/var/spool/xshadow".into())).await?;
+//! node.handle().stop();
+//! node.wait().await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use xshadow_core::node::{ConnId, Input, Node, NodeConfig, NodeEvent, NodeStats, Output};
+use xshadow_core::session::Envelope;
+use xshadow_core::shadow::MessageId;
+use xshadow_spool::{Completion, Completions, Spool, SpoolHandle, SpoolOptions};
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The node's configuration; its `next_hops` are socket addresses (`host:port`).
+    pub node: NodeConfig,
+    /// Where to listen for SMTP.
+    pub listen: SocketAddr,
+    /// The spool directory.
+    pub spool: PathBuf,
+    /// How long sessions may run on after a stop before the node exits anyway.
+    pub grace: Duration,
+    /// How long an outbound connect may take.
+    pub connect_timeout: Duration,
+}
+
+impl Settings {
+    /// Settings with a 10 s grace period and a 30 s connect timeout.
+    pub fn new(node: NodeConfig, listen: SocketAddr, spool: PathBuf) -> Self {
+        Self {
+            node,
+            listen,
+            spool,
+            grace: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Requests to a running node.
+enum Request {
+    Submit(Box<(Envelope, Vec<u8>)>, oneshot::Sender<MessageId>),
+    Stats(oneshot::Sender<NodeStats>),
+    Stop,
+}
+
+/// What connection tasks tell the node task.
+enum FromConn {
+    Connected(ConnId, TcpStream),
+    ConnectFailed(ConnId),
+    Received(ConnId, Vec<u8>),
+    Closed(ConnId),
+}
+
+/// What the node task tells a connection task.
+enum ToConn {
+    Data(Vec<u8>),
+    Close,
+}
+
+/// A handle to submit messages to, inspect or stop a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl NodeHandle {
+    /// Submits a message locally; resolves to its id once it is persisted and queued.
+    pub async fn submit(&self, envelope: Envelope, body: Vec<u8>) -> io::Result<MessageId> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Submit(Box::new((envelope, body)), tx))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    /// A snapshot of the node's queues.
+    pub async fn stats(&self) -> io::Result<NodeStats> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Stats(tx))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    /// Asks for a graceful stop: no new connections, sessions finish within the grace
+    /// period, the spool is flushed.
+    pub fn stop(&self) {
+        let _ = self.requests.send(Request::Stop);
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the node has stopped")
+}
+
+/// A node running on the current tokio runtime.
+pub struct RunningNode {
+    handle: NodeHandle,
+    task: JoinHandle<io::Result<()>>,
+    local_addr: SocketAddr,
+    database_id: String,
+}
+
+impl RunningNode {
+    /// The address the node listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The spool's database id (what XSHADOW replies carry).
+    pub fn database_id(&self) -> &str {
+        &self.database_id
+    }
+
+    /// A handle to the node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until the node has stopped.
+    pub async fn wait(self) -> io::Result<()> {
+        self.task.await.map_err(io::Error::other)?
+    }
+
+    /// Kills the node at once, as a crash would: no flush, no goodbye to peers (their
+    /// connections drop). What the spool had synced survives.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Opens the spool, recovers the node from it, binds the listener and starts the node task.
+pub async fn start(settings: Settings) -> io::Result<RunningNode> {
+    let (spool, state) =
+        Spool::open(&settings.spool, SpoolOptions::default()).map_err(io::Error::other)?;
+    let listener = TcpListener::bind(settings.listen).await?;
+    let local_addr = listener.local_addr()?;
+    let node = Node::recover(
+        settings.node.clone(),
+        state,
+        fastrand::u64(..),
+        Instant::now().into_std(),
+        unix_ms(),
+    );
+    let database_id = node.database_id().to_owned();
+    let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
+    let spool = spool.spawn(Completions::callback(move |c| {
+        let _ = persisted_tx.send(c);
+    }))?;
+    let (requests, request_rx) = mpsc::unbounded_channel();
+    let driver = Driver {
+        node,
+        settings,
+        spool: Some(spool),
+        persisted: persisted_rx,
+        conns: HashMap::new(),
+        tasks: Vec::new(),
+        from_conns: mpsc::unbounded_channel(),
+        stopping: None,
+    };
+    let task = tokio::spawn(driver.run(listener, request_rx));
+    Ok(RunningNode {
+        handle: NodeHandle { requests },
+        task,
+        local_addr,
+        database_id,
+    })
+}
+
+struct Driver {
+    node: Node,
+    settings: Settings,
+    spool: Option<SpoolHandle>,
+    persisted: mpsc::UnboundedReceiver<Completion>,
+    conns: HashMap<ConnId, mpsc::UnboundedSender<ToConn>>,
+    tasks: Vec<JoinHandle<()>>,
+    from_conns: (
+        mpsc::UnboundedSender<FromConn>,
+        mpsc::UnboundedReceiver<FromConn>,
+    ),
+    /// Set once a stop was asked: the moment the grace period ends.
+    stopping: Option<Instant>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Connection tasks die with the node (an abort is a crash: peers see their
+        // connections drop).
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        listener: TcpListener,
+        mut requests: mpsc::UnboundedReceiver<Request>,
+    ) -> io::Result<()> {
+        let mut listener = Some(listener);
+        loop {
+            self.drain()?;
+            if let Some(end) = self.stopping
+                && (self.conns.is_empty() || Instant::now() >= end)
+            {
+                break;
+            }
+            let deadline = self.node.poll_timeout().map(Instant::from_std);
+            let deadline = match (deadline, self.stopping) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            tokio::select! {
+                accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
+                    match accepted {
+                        Ok((stream, peer)) => self.accepted(stream, peer),
+                        Err(err) => tracing::warn!(%err, "accept failed"),
+                    }
+                }
+                Some(msg) = self.from_conns.1.recv() => self.handle_conn_message(msg),
+                Some(done) = self.persisted.recv() => match done {
+                    Completion::Persisted(token) => self.node.handle_input(Input::Persisted(token), Instant::now().into_std()),
+                    Completion::Failed(err) => {
+                        tracing::error!(%err, "the spool failed: stopping without acknowledging anything more");
+                        return Err(io::Error::other(format!("spool: {err}")));
+                    }
+                },
+                Some(request) = requests.recv() => match request {
+                    Request::Submit(message, reply) => {
+                        let (envelope, body) = *message;
+                        let id = self.node.submit(envelope, &body, Instant::now().into_std());
+                        let _ = reply.send(id);
+                    }
+                    Request::Stats(reply) => {
+                        let _ = reply.send(self.node.stats());
+                    }
+                    Request::Stop => {
+                        listener = None;
+                        self.stopping = Some(Instant::now() + self.settings.grace);
+                        tracing::info!("stopping: no new connections, sessions finish");
+                    }
+                },
+                () = sleep_until(deadline) => self.node.handle_timeout(Instant::now().into_std()),
+            }
+        }
+        for sender in self.conns.values() {
+            let _ = sender.send(ToConn::Close);
+        }
+        if let Some(spool) = self.spool.take() {
+            spool.shutdown().map_err(io::Error::other)?.close()?;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let conn = self.node.accept(peer.ip(), Instant::now().into_std());
+        self.spawn_io(conn, stream);
+    }
+
+    fn spawn_io(&mut self, conn: ConnId, stream: TcpStream) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns.insert(conn, tx);
+        let to_node = self.from_conns.0.clone();
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks
+            .push(tokio::spawn(connection(conn, stream, to_node, rx)));
+    }
+
+    fn handle_conn_message(&mut self, msg: FromConn) {
+        let now = Instant::now().into_std();
+        match msg {
+            FromConn::Connected(conn, stream) => {
+                let _ = stream.set_nodelay(true);
+                self.spawn_io(conn, stream);
+                self.node.handle_input(Input::Connected(conn), now);
+            }
+            FromConn::ConnectFailed(conn) => {
+                self.node.handle_input(Input::ConnectFailed(conn), now)
+            }
+            FromConn::Received(conn, data) => {
+                self.node.handle_input(Input::Received(conn, &data), now)
+            }
+            FromConn::Closed(conn) => {
+                self.node.handle_input(Input::Closed(conn), now);
+            }
+        }
+    }
+
+    /// The drain rule: act on every output until the node has none.
+    fn drain(&mut self) -> io::Result<()> {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Transmit { conn, data } => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        let _ = tx.send(ToConn::Data(data));
+                    }
+                }
+                Output::Close(conn) => {
+                    if let Some(tx) = self.conns.remove(&conn) {
+                        let _ = tx.send(ToConn::Close);
+                    }
+                }
+                Output::Connect { conn, to } => {
+                    let to_node = self.from_conns.0.clone();
+                    let limit = self.settings.connect_timeout;
+                    self.tasks.push(tokio::spawn(async move {
+                        let result =
+                            tokio::time::timeout(limit, TcpStream::connect(to.as_str())).await;
+                        let msg = match result {
+                            Ok(Ok(stream)) => FromConn::Connected(conn, stream),
+                            Ok(Err(err)) => {
+                                tracing::debug!(%to, %err, "connect failed");
+                                FromConn::ConnectFailed(conn)
+                            }
+                            Err(_) => FromConn::ConnectFailed(conn),
+                        };
+                        let _ = to_node.send(msg);
+                    }));
+                }
+                Output::Persist { token, records } => match &self.spool {
+                    Some(spool) => spool.persist(token, records).map_err(io::Error::other)?,
+                    None => return Err(io::Error::other("spool closed")),
+                },
+                Output::Event(event) => log_event(&event),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Moves bytes between one socket and the node task.
+async fn connection(
+    conn: ConnId,
+    stream: TcpStream,
+    to_node: mpsc::UnboundedSender<FromConn>,
+    mut from_node: mpsc::UnboundedReceiver<ToConn>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let read_to_node = to_node.clone();
+    let mut read = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if read_to_node
+                        .send(FromConn::Received(conn, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = read_to_node.send(FromConn::Closed(conn));
+    });
+    while let Some(msg) = from_node.recv().await {
+        match msg {
+            ToConn::Data(data) => {
+                if writer.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            ToConn::Close => {
+                let _ = writer.shutdown().await;
+                break;
+            }
+        }
+    }
+    // The node is done with this connection: stop reading too.
+    if tokio::time::timeout(Duration::from_millis(50), &mut read)
+        .await
+        .is_err()
+    {
+        read.abort();
+        let _ = to_node.send(FromConn::Closed(conn));
+    }
+}
+
+/// One log line per message state change, with its ids.
+fn log_event(event: &NodeEvent) {
+    match event {
+        NodeEvent::Received {
+            id,
+            from,
+            recipients,
+            size,
+            primary_for,
+        } => {
+            tracing::info!(
+                id = id.0,
+                from,
+                recipients,
+                size,
+                primary_for = primary_for.as_deref().unwrap_or("-"),
+                "received"
+            )
+        }
+        NodeEvent::Shadowed {
+            id,
+            primary,
+            shadow_id,
+        } => tracing::info!(id = id.0, primary, shadow_id, "shadowed"),
+        NodeEvent::Delivered { id, hop } => tracing::info!(id = id.0, hop, "delivered"),
+        NodeEvent::Deferred {
+            id,
+            retry_in,
+            reason,
+        } => {
+            tracing::info!(id = id.0, retry_in = ?retry_in, reason, "deferred")
+        }
+        NodeEvent::Bounced { id, bounce, reason } => {
+            tracing::info!(id = id.0, bounce = bounce.map(|b| b.0), reason, "bounced")
+        }
+        NodeEvent::Discarded { id, primary } => tracing::info!(id = id.0, primary, "discarded"),
+        NodeEvent::AutoDiscarded { id, primary } => {
+            tracing::warn!(id = id.0, primary, "auto-discarded")
+        }
+        NodeEvent::Resubmitted {
+            id,
+            primary,
+            reason,
+        } => {
+            tracing::warn!(id = id.0, primary, reason = ?reason, "resubmitted")
+        }
+        NodeEvent::DiscardQueued {
+            context,
+            discard_id,
+        } => tracing::info!(context, discard_id, "discard event queued"),
+        NodeEvent::DiscardsConfirmed { count } => tracing::info!(count, "discard events confirmed"),
+        NodeEvent::HeartbeatFailed { primary, failures } => {
+            tracing::warn!(primary, failures, "heartbeat failed")
+        }
+    }
+}
