@@ -16,15 +16,16 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use xshadow_core::node::{ConnId, Input, Node, NodeConfig, NodeEvent, NodeStats, Output};
@@ -88,7 +89,8 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Submits a message locally; resolves to its id once it is persisted and queued.
+    /// Submits a message locally; resolves to its id once the node has taken it (its record
+    /// is on its way to the spool; it is queued once persisted).
     pub async fn submit(&self, envelope: Envelope, body: Vec<u8>) -> io::Result<MessageId> {
         let (tx, rx) = oneshot::channel();
         self.requests
@@ -184,6 +186,7 @@ pub async fn start(settings: Settings) -> io::Result<RunningNode> {
         spool: Some(spool),
         persisted: persisted_rx,
         conns: HashMap::new(),
+        paused: HashSet::new(),
         tasks: Vec::new(),
         from_conns: mpsc::unbounded_channel(),
         stopping: None,
@@ -197,12 +200,22 @@ pub async fn start(settings: Settings) -> io::Result<RunningNode> {
     })
 }
 
+/// The node task's side of one connection.
+struct ConnIo {
+    to_conn: mpsc::UnboundedSender<ToConn>,
+    /// One permit per read the connection's reader may do: the node hands one back after
+    /// each read unless it is holding input back (`Node::may_read`).
+    reads: Arc<Semaphore>,
+}
+
 struct Driver {
     node: Node,
     settings: Settings,
     spool: Option<SpoolHandle>,
     persisted: mpsc::UnboundedReceiver<Completion>,
-    conns: HashMap<ConnId, mpsc::UnboundedSender<ToConn>>,
+    conns: HashMap<ConnId, ConnIo>,
+    /// Connections whose reader waits until the node may read again.
+    paused: HashSet<ConnId>,
     tasks: Vec<JoinHandle<()>>,
     from_conns: (
         mpsc::UnboundedSender<FromConn>,
@@ -274,8 +287,8 @@ impl Driver {
                 () = sleep_until(deadline) => self.node.handle_timeout(Instant::now().into_std()),
             }
         }
-        for sender in self.conns.values() {
-            let _ = sender.send(ToConn::Close);
+        for io in self.conns.values() {
+            let _ = io.to_conn.send(ToConn::Close);
         }
         if let Some(spool) = self.spool.take() {
             spool.shutdown().map_err(io::Error::other)?.close()?;
@@ -292,11 +305,34 @@ impl Driver {
 
     fn spawn_io(&mut self, conn: ConnId, stream: TcpStream) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.conns.insert(conn, tx);
+        let reads = Arc::new(Semaphore::new(1));
+        self.conns.insert(
+            conn,
+            ConnIo {
+                to_conn: tx,
+                reads: reads.clone(),
+            },
+        );
         let to_node = self.from_conns.0.clone();
         self.tasks.retain(|t| !t.is_finished());
         self.tasks
-            .push(tokio::spawn(connection(conn, stream, to_node, rx)));
+            .push(tokio::spawn(connection(conn, stream, to_node, rx, reads)));
+    }
+
+    /// Lets a connection's reader read again once the node takes input from it.
+    fn resume_reading(&mut self, conn: ConnId) {
+        match self.conns.get(&conn) {
+            Some(io) if self.node.may_read(conn) => {
+                io.reads.add_permits(1);
+                self.paused.remove(&conn);
+            }
+            Some(_) => {
+                self.paused.insert(conn);
+            }
+            None => {
+                self.paused.remove(&conn);
+            }
+        }
     }
 
     fn handle_conn_message(&mut self, msg: FromConn) {
@@ -311,7 +347,8 @@ impl Driver {
                 self.node.handle_input(Input::ConnectFailed(conn), now)
             }
             FromConn::Received(conn, data) => {
-                self.node.handle_input(Input::Received(conn, &data), now)
+                self.node.handle_input(Input::Received(conn, &data), now);
+                self.resume_reading(conn);
             }
             FromConn::Closed(conn) => {
                 self.node.handle_input(Input::Closed(conn), now);
@@ -321,16 +358,19 @@ impl Driver {
 
     /// The drain rule: act on every output until the node has none.
     fn drain(&mut self) -> io::Result<()> {
+        for conn in self.paused.clone() {
+            self.resume_reading(conn);
+        }
         while let Some(output) = self.node.poll_output() {
             match output {
                 Output::Transmit { conn, data } => {
-                    if let Some(tx) = self.conns.get(&conn) {
-                        let _ = tx.send(ToConn::Data(data));
+                    if let Some(io) = self.conns.get(&conn) {
+                        let _ = io.to_conn.send(ToConn::Data(data));
                     }
                 }
                 Output::Close(conn) => {
-                    if let Some(tx) = self.conns.remove(&conn) {
-                        let _ = tx.send(ToConn::Close);
+                    if let Some(io) = self.conns.remove(&conn) {
+                        let _ = io.to_conn.send(ToConn::Close);
                     }
                 }
                 Output::Connect { conn, to } => {
@@ -374,12 +414,17 @@ async fn connection(
     stream: TcpStream,
     to_node: mpsc::UnboundedSender<FromConn>,
     mut from_node: mpsc::UnboundedReceiver<ToConn>,
+    reads: Arc<Semaphore>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let read_to_node = to_node.clone();
     let mut read = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
+            match reads.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return,
+            }
             match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
@@ -419,57 +464,9 @@ async fn connection(
 
 /// One log line per message state change, with its ids.
 fn log_event(event: &NodeEvent) {
-    match event {
-        NodeEvent::Received {
-            id,
-            from,
-            recipients,
-            size,
-            primary_for,
-        } => {
-            tracing::info!(
-                id = id.0,
-                from,
-                recipients,
-                size,
-                primary_for = primary_for.as_deref().unwrap_or("-"),
-                "received"
-            )
-        }
-        NodeEvent::Shadowed {
-            id,
-            primary,
-            shadow_id,
-        } => tracing::info!(id = id.0, primary, shadow_id, "shadowed"),
-        NodeEvent::Delivered { id, hop } => tracing::info!(id = id.0, hop, "delivered"),
-        NodeEvent::Deferred {
-            id,
-            retry_in,
-            reason,
-        } => {
-            tracing::info!(id = id.0, retry_in = ?retry_in, reason, "deferred")
-        }
-        NodeEvent::Bounced { id, bounce, reason } => {
-            tracing::info!(id = id.0, bounce = bounce.map(|b| b.0), reason, "bounced")
-        }
-        NodeEvent::Discarded { id, primary } => tracing::info!(id = id.0, primary, "discarded"),
-        NodeEvent::AutoDiscarded { id, primary } => {
-            tracing::warn!(id = id.0, primary, "auto-discarded")
-        }
-        NodeEvent::Resubmitted {
-            id,
-            primary,
-            reason,
-        } => {
-            tracing::warn!(id = id.0, primary, reason = ?reason, "resubmitted")
-        }
-        NodeEvent::DiscardQueued {
-            context,
-            discard_id,
-        } => tracing::info!(context, discard_id, "discard event queued"),
-        NodeEvent::DiscardsConfirmed { count } => tracing::info!(count, "discard events confirmed"),
-        NodeEvent::HeartbeatFailed { primary, failures } => {
-            tracing::warn!(primary, failures, "heartbeat failed")
-        }
+    if event.is_warning() {
+        tracing::warn!("{event}");
+    } else {
+        tracing::info!("{event}");
     }
 }

@@ -342,6 +342,103 @@ pub enum NodeEvent {
     },
 }
 
+impl std::fmt::Display for NodeEvent {
+    /// One log line: what happened, then its ids as `key=value`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Received {
+                id,
+                from,
+                recipients,
+                size,
+                primary_for,
+            } => {
+                write!(
+                    f,
+                    "received id={} from=<{from}> recipients={recipients} size={size}",
+                    id.0
+                )?;
+                if let Some(context) = primary_for {
+                    write!(f, " primary_for={context}")?;
+                }
+                Ok(())
+            }
+            Self::Shadowed {
+                id,
+                primary,
+                shadow_id,
+            } => {
+                write!(
+                    f,
+                    "shadowed id={} primary={primary} shadow_id={shadow_id}",
+                    id.0
+                )
+            }
+            Self::Delivered { id, hop } => write!(f, "delivered id={} hop={hop}", id.0),
+            Self::Deferred {
+                id,
+                retry_in,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "deferred id={} retry_in={retry_in:?} reason={reason:?}",
+                    id.0
+                )
+            }
+            Self::Bounced { id, bounce, reason } => {
+                write!(f, "bounced id={}", id.0)?;
+                if let Some(b) = bounce {
+                    write!(f, " bounce={}", b.0)?;
+                }
+                write!(f, " reason={reason:?}")
+            }
+            Self::Discarded { id, primary } => write!(f, "discarded id={} primary={primary}", id.0),
+            Self::AutoDiscarded { id, primary } => {
+                write!(f, "auto-discarded id={} primary={primary}", id.0)
+            }
+            Self::Resubmitted {
+                id,
+                primary,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "resubmitted id={} primary={primary} reason={reason:?}",
+                    id.0
+                )
+            }
+            Self::DiscardQueued {
+                context,
+                discard_id,
+            } => {
+                write!(
+                    f,
+                    "discard-queued context={context} discard_id={discard_id}"
+                )
+            }
+            Self::DiscardsConfirmed { count } => write!(f, "discards-confirmed count={count}"),
+            Self::HeartbeatFailed { primary, failures } => {
+                write!(f, "heartbeat-failed primary={primary} failures={failures}")
+            }
+        }
+    }
+}
+
+impl NodeEvent {
+    /// True for events an operator should notice (copies resubmitted or auto-discarded,
+    /// heartbeats failing, bounces).
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            Self::Resubmitted { .. }
+                | Self::AutoDiscarded { .. }
+                | Self::HeartbeatFailed { .. }
+                | Self::Bounced { .. }
+        )
+    }
+}
+
 /// A snapshot of a node's queues, for `xshadow queue` and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -713,6 +810,17 @@ impl Node {
                 .flatten(),
             )
             .min()
+    }
+
+    /// False while the node holds back input on this connection (a pipelined command waits
+    /// for a decision, such as a message waiting to be persisted before its 250): stop reading
+    /// the socket until it is true again, so memory stays bounded. Unknown connections: false.
+    pub fn may_read(&self, conn: ConnId) -> bool {
+        match self.conns.get(&conn) {
+            Some(Conn::Inbound(c)) => c.session.may_read(),
+            Some(Conn::Outbound(_)) => true,
+            None => false,
+        }
     }
 
     /// The next thing the driver must do, if any.
