@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::runtime::{AnyNode, NodeSettings, Runtime};
 use tokio::net::TcpListener;
 use xshadow_core::node::NodeConfig;
-use xshadow_tokio::{RunningNode, Settings};
 
 use crate::send::{self, SendOptions};
 use crate::sink::{self, Maildir};
@@ -68,11 +68,11 @@ fn demo_config(name: &str) -> NodeConfig {
     c
 }
 
-async fn start_node(config: NodeConfig, spool: &Path) -> io::Result<RunningNode> {
-    let mut settings = Settings::new(config, loopback(), spool.to_owned());
+async fn start_node(runtime: Runtime, config: NodeConfig, spool: &Path) -> io::Result<AnyNode> {
+    let mut settings = NodeSettings::new(config, loopback(), spool.to_owned());
     settings.grace = Duration::from_secs(2);
     settings.connect_timeout = Duration::from_secs(2);
-    xshadow_tokio::start(settings).await
+    AnyNode::start(runtime, settings).await
 }
 
 /// Counts, per Message-ID, the copies in a Maildir's `new/`.
@@ -92,7 +92,7 @@ pub fn count_delivered(maildir: &Path) -> io::Result<HashMap<String, u64>> {
 }
 
 /// Runs the demo with `messages` messages.
-pub async fn run(messages: u64) -> io::Result<DemoReport> {
+pub async fn run(messages: u64, runtime: Runtime) -> io::Result<DemoReport> {
     let started = Instant::now();
     let maildir_dir = TempDir::new("maildir")?;
     let spools = [
@@ -111,14 +111,14 @@ pub async fn run(messages: u64) -> io::Result<DemoReport> {
         c.next_hops = vec![sink_addr.to_string()];
         c.offer_shadow = true;
         c.shadow_peers = vec!["127.0.0.0/8".parse().map_err(io::Error::other)?];
-        edges.push(start_node(c, &spools[i].0).await?);
+        edges.push(start_node(runtime, c, &spools[i].0).await?);
     }
     let mut hub_config = demo_config("hub.demo");
     hub_config.next_hops = edges.iter().map(|e| e.local_addr().to_string()).collect();
     hub_config.shadow_next_hops = true;
-    let hub = start_node(hub_config, &spools[2].0).await?;
+    let hub = start_node(runtime, hub_config, &spools[2].0).await?;
     println!(
-        "sink {sink_addr}, edge1 {}, edge2 {}, hub {}",
+        "runtime {runtime}: sink {sink_addr}, edge1 {}, edge2 {}, hub {}",
         edges[0].local_addr(),
         edges[1].local_addr(),
         hub.local_addr()
@@ -139,7 +139,7 @@ pub async fn run(messages: u64) -> io::Result<DemoReport> {
     };
     let first = send::run(options(messages / 2, "a")).await?;
     let edge1 = edges.remove(0);
-    let stats = hub.handle().stats().await?;
+    let stats = hub.stats().await?;
     println!(
         "crashing edge1 now: the hub holds {} shadow copies",
         stats.shadow_copies.values().sum::<usize>()
@@ -167,7 +167,7 @@ pub async fn run(messages: u64) -> io::Result<DemoReport> {
             .iter()
             .filter(|id| !counts.contains_key(*id))
             .count();
-        let stats = hub.handle().stats().await?;
+        let stats = hub.stats().await?;
         let copies: usize = stats.shadow_copies.values().sum();
         if last_print.elapsed() >= Duration::from_secs(1) {
             println!(
@@ -200,10 +200,10 @@ pub async fn run(messages: u64) -> io::Result<DemoReport> {
         lost: acknowledged.len() as u64 - delivered,
         seconds: started.elapsed().as_secs_f64(),
     };
-    hub.handle().stop();
+    hub.stop();
     hub.wait().await?;
     for edge in edges {
-        edge.handle().stop();
+        edge.stop();
         edge.wait().await?;
     }
     sink_task.abort();

@@ -19,8 +19,54 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
-/// Runs a server session on `stream` until it closes; `store` is called for every complete
-/// message and says whether it was stored (the 250 waits for it).
+/// Answers a final destination's decisions: every sender and recipient is accepted, shadow
+/// requests are refused (a sink is nobody's primary). Returns a complete message, which the
+/// caller stores and then confirms with [`stored`].
+pub fn answer_as_sink(
+    session: &mut ServerSession,
+    event: ServerEvent,
+) -> io::Result<Option<Box<ReceivedMessage>>> {
+    let now = std::time::Instant::now();
+    match event {
+        ServerEvent::MailFrom => session.accept_mail(now).map_err(io::Error::other)?,
+        ServerEvent::RcptTo => session.accept_rcpt(now).map_err(io::Error::other)?,
+        ServerEvent::MessageComplete(message) => return Ok(Some(message)),
+        ServerEvent::XShadow { .. } => session
+            .reject_xshadow(Reply::command_not_implemented(), now)
+            .map_err(io::Error::other)?,
+        ServerEvent::XShadowRequest { .. } => session
+            .reject_shadow_request(Reply::command_not_implemented(), now)
+            .map_err(io::Error::other)?,
+        ServerEvent::XqDiscard { .. } => {
+            let none: [&str; 0] = [];
+            session
+                .answer_xqdiscard(&none, now)
+                .map_err(io::Error::other)?;
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
+/// Tells the session whether the message it handed over was stored: 250, or a temporary
+/// failure the client will retry.
+pub fn stored(session: &mut ServerSession, result: io::Result<()>) -> io::Result<()> {
+    let now = std::time::Instant::now();
+    match result {
+        Ok(()) => session.message_stored(now).map_err(io::Error::other),
+        Err(err) => {
+            tracing::error!(%err, "could not store a message");
+            let status = Some(xshadow_core::wire::EnhancedStatus::new(4, 3, 0));
+            let reply = Reply::new(451, status, "Local error in processing");
+            session
+                .message_rejected(reply, now)
+                .map_err(io::Error::other)
+        }
+    }
+}
+
+/// Runs a final-destination server session on `stream` until it closes; `store` is called
+/// for every complete message (the 250 waits for it).
 pub async fn serve<F, Fut>(
     mut stream: TcpStream,
     mut session: ServerSession,
@@ -38,36 +84,9 @@ where
             let mut moved = session.poll_transmit(&mut out).is_some();
             while let Some(event) = session.poll_event() {
                 moved = true;
-                let now = std::time::Instant::now();
-                match event {
-                    ServerEvent::MailFrom => session.accept_mail(now).map_err(io::Error::other)?,
-                    ServerEvent::RcptTo => session.accept_rcpt(now).map_err(io::Error::other)?,
-                    ServerEvent::MessageComplete(message) => match store(message).await {
-                        Ok(()) => session
-                            .message_stored(std::time::Instant::now())
-                            .map_err(io::Error::other)?,
-                        Err(err) => {
-                            tracing::error!(%err, "could not store a message");
-                            let reply = Reply::new(
-                                451,
-                                Some(xshadow_core::wire::EnhancedStatus::new(4, 3, 0)),
-                                "Local error in processing",
-                            );
-                            session
-                                .message_rejected(reply, std::time::Instant::now())
-                                .map_err(io::Error::other)?;
-                        }
-                    },
-                    ServerEvent::XShadow { .. } => session
-                        .reject_xshadow(Reply::command_not_implemented(), now)
-                        .map_err(io::Error::other)?,
-                    ServerEvent::XqDiscard { .. } => {
-                        let none: [&str; 0] = [];
-                        session
-                            .answer_xqdiscard(&none, now)
-                            .map_err(io::Error::other)?;
-                    }
-                    _ => {}
+                if let Some(message) = answer_as_sink(&mut session, event)? {
+                    let result = store(message).await;
+                    stored(&mut session, result)?;
                 }
             }
             if !moved {
@@ -88,6 +107,61 @@ where
                 Ok(n) => session.handle_input(&buf[..n], std::time::Instant::now()),
             },
             () = sleep_until(session.poll_timeout()) => session.handle_timeout(std::time::Instant::now()),
+        }
+    }
+}
+
+/// The same as [`serve`] on a blocking socket, for the thread-per-connection sink that goes
+/// with the mio runtime (no async runtime at all).
+pub fn serve_blocking(
+    mut stream: std::net::TcpStream,
+    mut session: ServerSession,
+    mut store: impl FnMut(&ReceivedMessage) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
+    loop {
+        loop {
+            let mut moved = session.poll_transmit(&mut out).is_some();
+            while let Some(event) = session.poll_event() {
+                moved = true;
+                if let Some(message) = answer_as_sink(&mut session, event)? {
+                    let result = store(&message);
+                    stored(&mut session, result)?;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out)?;
+            out.clear();
+        }
+        if session.is_closed() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+        // The session's timer becomes the socket's read timeout.
+        let now = std::time::Instant::now();
+        let wait = session.poll_timeout().map(|d| {
+            d.saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+        });
+        stream.set_read_timeout(wait)?;
+        match stream.read(&mut buf) {
+            Ok(0) => session.handle_eof(std::time::Instant::now()),
+            Ok(n) => session.handle_input(&buf[..n], std::time::Instant::now()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                session.handle_timeout(std::time::Instant::now())
+            }
+            Err(_) => session.handle_eof(std::time::Instant::now()),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+use xshadow::runtime::{AnyNode, NodeSettings, Runtime};
 use xshadow::{demo, send, sink};
 use xshadow_core::node::{IpNet, NodeConfig};
 
@@ -47,6 +48,9 @@ enum Command {
         /// The Maildir.
         #[arg(long)]
         maildir: PathBuf,
+        /// Which runtime serves the connections.
+        #[arg(long, value_enum, default_value_t)]
+        runtime: Runtime,
     },
     /// Send test messages and report the rate.
     Send {
@@ -80,6 +84,9 @@ enum Command {
         /// How many messages to send.
         #[arg(long, default_value_t = 1000)]
         messages: u64,
+        /// Which runtime the nodes run on.
+        #[arg(long, value_enum, default_value_t)]
+        runtime: Runtime,
     },
 }
 
@@ -115,6 +122,9 @@ struct NodeArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 36_700_160)]
     max_message_size: u64,
+    /// Which runtime the node runs on.
+    #[arg(long, value_enum, default_value_t)]
+    runtime: Runtime,
 }
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
@@ -179,9 +189,13 @@ async fn run(command: Command) -> ExitCode {
             config.shadow_next_hops = true;
             run_node(config, &node).await
         }
-        Command::Sink { listen, maildir } => {
+        Command::Sink {
+            listen,
+            maildir,
+            runtime,
+        } => {
             tokio::select! {
-                result = sink::run(listen, &maildir) => match result {
+                result = sink::run(listen, &maildir, runtime) => match result {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(err) => fail(&format!("sink on {listen} with {}: {err}", maildir.display())),
                 },
@@ -230,7 +244,7 @@ async fn run(command: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => fail(&format!("cannot read the spool {}: {err}", spool.display())),
         },
-        Command::Demo { messages } => match demo::run(messages).await {
+        Command::Demo { messages, runtime } => match demo::run(messages, runtime).await {
             Ok(report) => {
                 println!("{report}");
                 if report.lost == 0 {
@@ -246,8 +260,8 @@ async fn run(command: Command) -> ExitCode {
 }
 
 async fn run_node(config: NodeConfig, args: &NodeArgs) -> ExitCode {
-    let settings = xshadow_tokio::Settings::new(config, args.listen, args.spool.clone());
-    let node = match xshadow_tokio::start(settings).await {
+    let settings = NodeSettings::new(config, args.listen, args.spool.clone());
+    let node = match AnyNode::start(args.runtime, settings).await {
         Ok(node) => node,
         Err(err) => {
             return fail(&format!(
@@ -258,11 +272,17 @@ async fn run_node(config: NodeConfig, args: &NodeArgs) -> ExitCode {
             ));
         }
     };
-    tracing::info!(name = args.name, addr = %node.local_addr(), database_id = node.database_id(), "listening");
-    let handle = node.handle();
+    tracing::info!(
+        name = args.name,
+        addr = %node.local_addr(),
+        database_id = node.database_id(),
+        runtime = %args.runtime,
+        "listening"
+    );
+    let stop = node.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;
-        handle.stop();
+        stop();
     });
     match node.wait().await {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,11 +87,15 @@ impl Maildir {
     }
 }
 
+fn sink_config(name: &str) -> ServerConfig {
+    let mut config = ServerConfig::new(name);
+    config.max_message_size = 100 * 1024 * 1024;
+    config
+}
+
 /// Accepts SMTP on `listener` forever, delivering into `maildir`.
 pub async fn serve(listener: TcpListener, maildir: Maildir, name: String) -> io::Result<()> {
-    let mut config = ServerConfig::new(name.clone());
-    config.max_message_size = 100 * 1024 * 1024;
-    let config = Arc::new(config);
+    let config = Arc::new(sink_config(&name));
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -117,10 +121,59 @@ pub async fn serve(listener: TcpListener, maildir: Maildir, name: String) -> io:
     }
 }
 
-/// Binds and runs a sink.
-pub async fn run(listen: SocketAddr, dir: &Path) -> io::Result<()> {
+/// Accepts SMTP on `listener` forever with one thread per connection and no async runtime
+/// (the sink of `--runtime mio`).
+pub fn serve_blocking(
+    listener: std::net::TcpListener,
+    maildir: Maildir,
+    name: String,
+) -> io::Result<()> {
+    let config = Arc::new(sink_config(&name));
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let session = ServerSession::new(config.clone(), false, std::time::Instant::now());
+        let (maildir, name) = (maildir.clone(), name.clone());
+        std::thread::spawn(move || {
+            let result = drive::serve_blocking(stream, session, |message| {
+                maildir.deliver(message, &name).map(|_| ())
+            });
+            if let Err(err) = result {
+                tracing::debug!(%err, "sink session ended with an error");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Binds and runs a sink on `runtime` until the process ends.
+pub async fn run(
+    listen: SocketAddr,
+    dir: &Path,
+    runtime: crate::runtime::Runtime,
+) -> io::Result<()> {
     let maildir = Maildir::create(dir)?;
-    let listener = TcpListener::bind(listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, maildir = %dir.display(), "sink listening");
-    serve(listener, maildir, "sink.localhost".into()).await
+    let name = "sink.localhost".to_owned();
+    match runtime {
+        crate::runtime::Runtime::Tokio => {
+            let listener = TcpListener::bind(listen).await?;
+            tracing::info!(addr = %listener.local_addr()?, maildir = %dir.display(), "sink listening");
+            serve(listener, maildir, name).await
+        }
+        // Neither mio nor async-std needs more than blocking sockets to write a Maildir: the
+        // sink runs one thread per connection, without any async runtime.
+        crate::runtime::Runtime::Mio | crate::runtime::Runtime::AsyncStd => {
+            let listener = std::net::TcpListener::bind(listen)?;
+            tracing::info!(addr = %listener.local_addr()?, maildir = %dir.display(), %runtime, "sink listening");
+            tokio::task::spawn_blocking(move || serve_blocking(listener, maildir, name))
+                .await
+                .map_err(io::Error::other)?
+        }
+    }
 }
