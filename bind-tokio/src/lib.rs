@@ -290,6 +290,15 @@ impl Driver {
         for io in self.conns.values() {
             let _ = io.to_conn.send(ToConn::Close);
         }
+        // Let connection tasks write what they still hold (a last 221) before they are
+        // dropped with the driver.
+        let tasks = std::mem::take(&mut self.tasks);
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
         if let Some(spool) = self.spool.take() {
             spool.shutdown().map_err(io::Error::other)?.close()?;
         }
