@@ -292,13 +292,10 @@ impl Driver {
         }
         // Let connection tasks write what they still hold (a last 221) before they are
         // dropped with the driver.
-        let tasks = std::mem::take(&mut self.tasks);
-        let _ = tokio::time::timeout(Duration::from_millis(200), async {
-            for t in tasks {
-                let _ = t.await;
-            }
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        for task in &mut self.tasks {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
         if let Some(spool) = self.spool.take() {
             spool.shutdown().map_err(io::Error::other)?.close()?;
         }
