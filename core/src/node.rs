@@ -665,6 +665,12 @@ impl Node {
                 node.queue.insert((now, id));
             }
         }
+        // The last contact with each primary was not persisted: count the restart as one, so
+        // resubmission waits a full resubmit interval of failed heartbeats from now.
+        let primaries: Vec<String> = node.shadow.primaries().map(str::to_owned).collect();
+        for primary in primaries {
+            node.shadow.heartbeat_succeeded(&primary, now);
+        }
         node.flush_batch();
         node
     }

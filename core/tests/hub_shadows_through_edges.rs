@@ -30,13 +30,13 @@ fn messages_reach_the_sink_and_shadow_copies_drain_after_a_heartbeat() {
         .node_host("hub")
         .events
         .iter()
-        .filter(|e| matches!(e, NodeEvent::Shadowed { .. }))
+        .filter(|(_, e)| matches!(e, NodeEvent::Shadowed { .. }))
         .count();
     let discarded = world
         .node_host("hub")
         .events
         .iter()
-        .filter(|e| matches!(e, NodeEvent::Discarded { .. }))
+        .filter(|(_, e)| matches!(e, NodeEvent::Discarded { .. }))
         .count();
     assert_eq!((shadowed, discarded), (20, 20));
     for edge in ["edge1", "edge2"] {
@@ -71,7 +71,7 @@ fn a_dead_edge_copies_are_resubmitted_through_the_other_edge() {
         .node_host("hub")
         .events
         .iter()
-        .filter(|e| {
+        .filter(|(_, e)| {
             matches!(
                 e,
                 NodeEvent::Resubmitted {
@@ -109,7 +109,7 @@ fn an_edge_that_comes_back_empty_gets_its_copies_resubmitted_at_once() {
     let events = &world.node_host("hub").events;
     let changed = events
         .iter()
-        .filter(|e| {
+        .filter(|(_, e)| {
             matches!(
                 e,
                 NodeEvent::Resubmitted {

@@ -578,6 +578,9 @@ impl State {
 enum Input {
     Reply(Reply<'static>),
     BadReply(ReplyError),
+    /// A reply that came while the command it would answer was still waiting in our output,
+    /// never sent: the peer answered ahead, and whatever it "accepted" it never received.
+    ReplyAhead(u16),
     PeerClosed,
     Timeout(ClientPhase),
     /// The caller queued a message or called `finish`.
@@ -713,6 +716,13 @@ impl ClientSession {
             match read {
                 Ok(Some((reply, used))) => {
                     pos += used;
+                    // Only a 421 may come unasked; any other reply while our output has not
+                    // been taken by `poll_transmit` answers something the peer cannot have
+                    // seen. Taking it for an acceptance could lose a message.
+                    if !self.out.is_empty() && reply.code != 421 {
+                        self.step(Input::ReplyAhead(reply.code), now);
+                        break;
+                    }
                     self.step(Input::Reply(reply), now);
                 }
                 Ok(None) => break,
@@ -870,6 +880,7 @@ impl ClientSession {
 
             // Failures that end any other state at once.
             (state, Input::BadReply(error)) => self.breach(state, Breach::MalformedReply(error)),
+            (state, Input::ReplyAhead(code)) => self.unexpected(state, code),
             (state, Input::PeerClosed) => {
                 let phase = state.phase().unwrap_or(ClientPhase::Idle);
                 self.abort(state, SessionFailure::ConnectionClosed { phase })
@@ -2891,8 +2902,16 @@ mod tests {
             .queue_message(message(1, &["bob@example.net"], BODY, None), t0)
             .unwrap();
         session.finish(false, t0).unwrap();
-        session.handle_input(b"220 hi\r\n250-edge1.example\r\n250 CHUNKING\r\n", t0);
-        session.handle_input(b"250 ok\r\n250 ok\r\n", t0);
+        let mut sent = Vec::new();
+        for reply in [
+            &b"220 hi\r\n"[..],
+            b"250-edge1.example\r\n250 CHUNKING\r\n",
+            b"250 ok\r\n",
+        ] {
+            session.handle_input(reply, t0);
+            while session.poll_transmit(&mut sent).is_some() {}
+        }
+        session.handle_input(b"250 ok\r\n", t0);
         // BDAT and the body wait in the session: the caller is not taking them.
         assert_eq!(session.poll_timeout(), Some(t0 + Duration::from_secs(7)));
         session.handle_timeout(t0 + Duration::from_secs(7));
@@ -2920,10 +2939,16 @@ mod tests {
         session
             .queue_message(message(1, &["bob@example.net"], BODY, None), t0)
             .unwrap();
-        session.handle_input(b"220 hi\r\n250-edge1.example\r\n250 CHUNKING\r\n", t0);
-        session.handle_input(b"250 ok\r\n250 ok\r\n", t0);
         let mut out = Vec::new();
-        while session.poll_transmit(&mut out).is_some() {}
+        for reply in [
+            &b"220 hi\r\n"[..],
+            b"250-edge1.example\r\n250 CHUNKING\r\n",
+            b"250 ok\r\n",
+            b"250 ok\r\n",
+        ] {
+            session.handle_input(reply, t0);
+            while session.poll_transmit(&mut out).is_some() {}
+        }
         assert!(out.ends_with(BODY));
         assert_eq!(session.poll_timeout(), Some(t0 + Duration::from_secs(8)));
     }
@@ -3147,12 +3172,46 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_to_a_command_not_yet_sent_is_a_breach_not_an_acceptance() {
+        let t0 = Instant::now();
+        let mut session = ClientSession::new(config(false), t0).unwrap();
+        session
+            .queue_message(message(1, &["bob@example.net"], BODY, None), t0)
+            .unwrap();
+        session.finish(false, t0).unwrap();
+        // A peer that answers everything at once, before it could have read any of it.
+        session.handle_input(
+            b"220 x\r\n250-x\r\n250-PIPELINING\r\n250 CHUNKING\r\n250 ok\r\n250 ok\r\n250 ok\r\n",
+            t0,
+        );
+        let events: Vec<_> = std::iter::from_fn(|| session.poll_event()).collect();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::MessageAccepted { .. })),
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::MessageDeferred { id: 1, .. }))
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::ProtocolBreach { .. }))
+        );
+    }
+
+    #[test]
     fn a_message_queued_while_idle_is_sent_at_once() {
         let t0 = Instant::now();
         let mut session = ClientSession::new(config(false), t0).unwrap();
-        session.handle_input(b"220 hi\r\n250 edge1.example\r\n", t0);
         let mut out = Vec::new();
-        while session.poll_transmit(&mut out).is_some() {}
+        for reply in [&b"220 hi\r\n"[..], b"250 edge1.example\r\n"] {
+            session.handle_input(reply, t0);
+            while session.poll_transmit(&mut out).is_some() {}
+        }
         assert_eq!(out, b"EHLO hub1.example\r\n");
         assert_eq!(session.poll_timeout(), None, "no timer while idle");
         out.clear();

@@ -813,6 +813,11 @@ impl ServerSession {
             }
             Command::Rcpt { to, params } => {
                 if let Some(refusal) = self.rcpt_refusal(&to, &params) {
+                    // Without a transaction this follows a refused MAIL in a pipeline
+                    // (RFC 2920): expected, so it does not count toward `max_errors`.
+                    if self.transaction.is_none() {
+                        return self.send(&refusal);
+                    }
                     return self.error(&refusal);
                 }
                 if let Some(t) = self.transaction.as_mut() {
@@ -824,7 +829,8 @@ impl ServerSession {
                 self.wait(Waiting::Rcpt, ServerEvent::RcptTo);
             }
             Command::Data => match &self.transaction {
-                None => self.error(&reply(503, enhanced(5, 5, 1), "Need MAIL command")),
+                // After a refused MAIL in a pipeline this is expected (RFC 2920): not an error.
+                None => self.send(&reply(503, enhanced(5, 5, 1), "Need MAIL command")),
                 Some(t)
                     if t.bdat_started || t.envelope.params.body == Some(BodyType::BinaryMime) =>
                 {
@@ -1106,6 +1112,9 @@ impl ServerSession {
     /// The end of one BDAT chunk.
     fn bdat_done(&mut self, chunk: BdatChunk, refusal: Option<Reply<'static>>) {
         if let Some(refusal) = refusal {
+            if self.transaction.is_none() {
+                return self.send(&refusal);
+            }
             return self.error(&refusal);
         }
         let over = self
