@@ -500,6 +500,9 @@ struct Outbound {
     heartbeat: bool,
     database_id: Option<String>,
     discard_answered: bool,
+    /// Output held back until the records dropping discarded copies are durable: the next
+    /// command tells the primary it may forget the events (PROTOCOL.md §5, ours).
+    hold: bool,
 }
 
 #[derive(Debug)]
@@ -521,6 +524,8 @@ struct Hop {
 enum AfterPersist {
     /// A received message: acknowledge it on its connection (maybe delayed), queue it.
     Acknowledge { conn: Option<ConnId>, id: MessageId },
+    /// Copies dropped after XQDISCARD are durably gone: the session may send its next command.
+    Release { conn: ConnId },
 }
 
 /// One relay node as a pure state machine. See the module documentation.
@@ -944,25 +949,8 @@ impl Node {
     fn pump(&mut self, conn: ConnId) {
         for _ in 0..10_000 {
             let mut progressed = false;
-            let mut data = Vec::new();
-            let closed = match self.conns.get_mut(&conn) {
-                Some(Conn::Inbound(c)) => {
-                    let _ = c.session.poll_transmit(&mut data);
-                    c.session.is_closed()
-                }
-                Some(Conn::Outbound(c)) => match c.session.as_mut() {
-                    Some(s) => {
-                        let _ = s.poll_transmit(&mut data);
-                        s.is_closed()
-                    }
-                    None => false,
-                },
-                None => return,
-            };
-            if !data.is_empty() {
-                self.outputs.push_back(Output::Transmit { conn, data });
-                progressed = true;
-            }
+            // Events first: handling one may hold this connection's output back (see
+            // `Outbound::hold`), and that must happen before the bytes behind it are taken.
             loop {
                 let event = match self.conns.get_mut(&conn) {
                     Some(Conn::Inbound(c)) => c.session.poll_event().map(Ok),
@@ -978,6 +966,27 @@ impl Node {
                     Some(Err(e)) => self.client_event(conn, e),
                     None => break,
                 }
+                progressed = true;
+            }
+            let mut data = Vec::new();
+            let closed = match self.conns.get_mut(&conn) {
+                Some(Conn::Inbound(c)) => {
+                    let _ = c.session.poll_transmit(&mut data);
+                    c.session.is_closed()
+                }
+                Some(Conn::Outbound(c)) => match c.session.as_mut() {
+                    Some(s) => {
+                        if !c.hold {
+                            let _ = s.poll_transmit(&mut data);
+                        }
+                        s.is_closed() && !c.hold
+                    }
+                    None => false,
+                },
+                None => return,
+            };
+            if !data.is_empty() {
+                self.outputs.push_back(Output::Transmit { conn, data });
                 progressed = true;
             }
             if !progressed {
@@ -1152,6 +1161,12 @@ impl Node {
 
     fn after_persist(&mut self, after: AfterPersist) {
         match after {
+            AfterPersist::Release { conn } => {
+                if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn) {
+                    o.hold = false;
+                    self.pump(conn);
+                }
+            }
             AfterPersist::Acknowledge { conn, id } => {
                 let Some(m) = self.messages.get_mut(&id) else {
                     return;
@@ -1310,6 +1325,7 @@ impl Node {
                 heartbeat,
                 database_id: None,
                 discard_answered: false,
+                hold: false,
             })),
         );
         self.hops
@@ -1454,6 +1470,10 @@ impl Node {
             ClientEvent::DiscardIds { ids, more_possible } => {
                 o.discard_answered = true;
                 let discarded = self.shadow.discard(&hop, &ids);
+                if !discarded.dropped.is_empty() {
+                    o.hold = true;
+                    self.batch_after.push(AfterPersist::Release { conn });
+                }
                 for id in discarded.dropped {
                     self.batch.push(Record::Done { id });
                     self.forget_message(id);

@@ -1340,7 +1340,7 @@ fn a_seed_replays_to_the_same_trace_and_a_run_without_faults_has_no_duplicate() 
     assert!(ledger.requeued.is_empty());
 }
 
-/// Core bug (reported): a hub that restarts forgets when it last heard from a primary, counts
+/// Regression (found by the simulation, fixed in the node): a hub that restarts forgets when it last heard from a primary, counts
 /// the heartbeat that fell due while it was down as failed at once, and keeps that slot's grid.
 /// Copies of a primary that dies right after a successful heartbeat are then resubmitted
 /// `resubmit_after - heartbeat_interval` (or down to `- 2 * heartbeat_interval`) after the
@@ -1401,7 +1401,7 @@ fn a_restarted_hub_resubmits_no_earlier_than_resubmit_after_its_last_contact() {
     );
 }
 
-/// Core bug (reported): a shadow confirms an XQDISCARD reply (its next command, QUIT or
+/// Regression (found by the simulation, fixed in the node): a shadow confirms an XQDISCARD reply (its next command, QUIT or
 /// XQDISCARD, is what makes the primary forget the events) before the records that drop its
 /// copies are durable. If it dies in between, the copies come back from its records while the
 /// primary has forgotten their events: nothing can discard them any more, they are held (and
@@ -1409,7 +1409,6 @@ fn a_restarted_hub_resubmits_no_earlier_than_resubmit_after_its_last_contact() {
 /// primary later looks dead or changes its database id (PROTOCOL.md §5, "no lost
 /// notifications").
 #[test]
-#[ignore = "core bug: the hub confirms discard events before the records dropping its copies are durable"]
 fn a_discard_the_hub_confirmed_survives_a_hub_crash() {
     let mut world = World::new();
     support::hub_and_two_edges(&mut world);
@@ -1434,16 +1433,31 @@ fn a_discard_the_hub_confirmed_survives_a_hub_crash() {
     world.run_until(t);
     assert!(
         world.node("edge1").discard_ledger().is_empty(),
-        "edge1 forgot the event"
+        "edge1 forgot the event: ledger {} (in doubt {}), hub {:?}, events {:?}",
+        world.node("edge1").discard_ledger().total(),
+        world.node("edge1").discard_ledger().in_doubt_on(0),
+        world.node("hub").stats(),
+        world
+            .node_host("hub")
+            .events
+            .iter()
+            .map(|(_, e)| e.to_string())
+            .collect::<Vec<_>>()
     );
     assert_eq!(
         world.node("hub").shadow_queues().total(),
         0,
-        "the hub holds a copy of a delivered message that no XQDISCARD can drop any more"
+        "the hub holds a copy of a delivered message that no XQDISCARD can drop any more: {:?}",
+        world
+            .node_host("hub")
+            .events
+            .iter()
+            .map(|(t, e)| format!("{:?} {e}", *t - world.start))
+            .collect::<Vec<_>>()
     );
 }
 
-/// Core bug (reported): a server under backpressure refuses MAIL with `452 4.3.1`; the
+/// Regression (found by the simulation, fixed in the node): a server under backpressure refuses MAIL with `452 4.3.1`; the
 /// RCPTs and the DATA a pipelining client sent behind it (RFC 2920) then get `503`, and
 /// `ServerSession` counts each of those as the client's error. After a few refused messages it
 /// says `421 Too many errors` and closes. A hub sending to an edge that is short of memory
