@@ -20,14 +20,39 @@
 //! appended otherwise.
 //!
 //! Both directions search only for the one sequence that matters, `<CRLF>.`, with
-//! [`memchr::memmem`], and copy everything between matches in bulk.
+//! [`memchr::memmem`] (after a line that starts with a dot, the reader first looks whether the
+//! next line does too, with one [`memchr::memchr`] for its CR), and copy everything between
+//! matches in bulk.
 
 use std::sync::LazyLock;
 
+use memchr::memchr;
 use memchr::memmem::Finder;
 
 /// The only sequence inside a chunk where a line starts with a dot.
 static LINE_START_DOT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n."));
+
+/// The index of the first dot in `bytes` at or after `from` that starts a line (follows a
+/// CRLF), the CRLF also at or after `from`.
+///
+/// With `after_dot` (the search goes on right after a line-start dot), the line is read to its
+/// first CR before anything else: lines that start with a dot come in runs (quoted text, or a
+/// whole body of them), and one `memchr` for the CR costs about half a `memmem` search for
+/// `<CRLF>.`. Any later match starts at a CR, so when this line does not end in `<CRLF>.` the
+/// `memmem` search goes on after its first CR.
+fn next_line_start_dot(bytes: &[u8], from: usize, after_dot: bool) -> Option<usize> {
+    let mut from = from;
+    if after_dot {
+        let cr = from + memchr(b'\r', bytes.get(from..)?)?;
+        if bytes.get(cr + 1..cr + 3) == Some(b"\n.") {
+            return Some(cr + 2);
+        }
+        from = cr + 1;
+    }
+    LINE_START_DOT
+        .find(bytes.get(from..)?)
+        .map(|found| from + found + 2)
+}
 
 /// Where a byte stream stands with respect to line starts, after its last byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,17 +239,19 @@ impl DotReader {
                     if rest.is_empty() {
                         break;
                     }
-                    let dot = tail
-                        .carried_dot(rest)
-                        .or_else(|| LINE_START_DOT.find(rest).map(|found| found + 2));
-                    match dot {
+                    let dot = match tail.carried_dot(rest) {
                         Some(dot) => {
                             self.emit(rest.get(..dot).unwrap_or_default(), out);
+                            Some(dot)
+                        }
+                        None => self.unstuff(rest, out),
+                    };
+                    match dot {
+                        Some(dot) => {
                             self.state = ReadState::Dot;
                             at += dot + 1;
                         }
                         None => {
-                            self.emit(rest, out);
                             self.state = ReadState::Body(tail.after(rest));
                             break;
                         }
@@ -236,6 +263,30 @@ impl DotReader {
             consumed: chunk.len(),
             done: false,
         }
+    }
+
+    /// Appends `rest`, which starts in the body (not at a dot carried over from the last
+    /// chunk), with every ordinary stuffed dot deleted. Stops at the first line-start dot the
+    /// state machine must decide (one followed by CR, which may begin the terminator, or by
+    /// the end of `rest`): everything before it is written and its index is returned.
+    ///
+    /// An ordinary stuffed dot (a line-start dot followed by any byte but CR) is deleted here
+    /// and the search goes on, without a round trip through [`ReadState::Dot`]. That is what
+    /// the state machine does with such a dot: `Dot` followed by a byte that is not CR becomes
+    /// `Body(Tail::Mid)` at that byte, and the search goes on from there.
+    fn unstuff(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let mut copied = 0;
+        let mut after_dot = false;
+        while let Some(dot) = next_line_start_dot(rest, copied, after_dot) {
+            self.emit(rest.get(copied..dot).unwrap_or_default(), out);
+            match rest.get(dot + 1) {
+                Some(&next) if next != b'\r' => copied = dot + 1,
+                _ => return Some(dot),
+            }
+            after_dot = true;
+        }
+        self.emit(rest.get(copied..).unwrap_or_default(), out);
+        None
     }
 
     /// Counts `bytes` of body and appends as many of them as the limit still allows.

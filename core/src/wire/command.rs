@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::MAX_SHADOW_FIELD;
+use super::line::{bytes_below, bytes_from_del, first_flagged};
 use super::params::{MailParams, ParamError, RcptParams};
 use super::path::{ForwardPath, PathError, ReversePath, parse_forward_path, parse_reverse_path};
 use super::reply::{EnhancedStatus, Reply};
@@ -72,27 +73,51 @@ impl Verb {
 
     /// Recognises a verb, case-insensitively.
     pub fn from_bytes(verb: &[u8]) -> Option<Verb> {
-        let mut upper = [0u8; 14];
-        let upper = upper.get_mut(..verb.len())?;
-        for (u, b) in upper.iter_mut().zip(verb) {
-            *u = b.to_ascii_uppercase();
+        // Branch on the length first: eleven of the fifteen verbs have four letters, and those
+        // are told apart with one word compare instead of up to fifteen string compares.
+        let long = match verb.len() {
+            4 => return Self::from_four_letters(verb.first_chunk()?),
+            7 => Self::XShadow,
+            8 => Self::StartTls,
+            9 => Self::XqDiscard,
+            14 => Self::XShadowRequest,
+            _ => return None,
+        };
+        verb.eq_ignore_ascii_case(long.as_str().as_bytes())
+            .then_some(long)
+    }
+
+    /// The four-letter verbs, compared as one little-endian word with the 0x20 bit of every
+    /// byte set. That bit is the ASCII case bit, and setting it maps a byte onto a given
+    /// lowercase letter only from that letter or its uppercase form, so for the all-letter
+    /// four-letter verbs the compare is exactly `eq_ignore_ascii_case`.
+    fn from_four_letters(verb: &[u8; 4]) -> Option<Verb> {
+        const fn word(verb: &[u8; 4]) -> u32 {
+            u32::from_le_bytes(*verb) | 0x2020_2020
         }
-        Some(match &*upper {
-            b"EHLO" => Self::Ehlo,
-            b"HELO" => Self::Helo,
-            b"MAIL" => Self::Mail,
-            b"RCPT" => Self::Rcpt,
-            b"DATA" => Self::Data,
-            b"BDAT" => Self::Bdat,
-            b"RSET" => Self::Rset,
-            b"NOOP" => Self::Noop,
-            b"QUIT" => Self::Quit,
-            b"VRFY" => Self::Vrfy,
-            b"HELP" => Self::Help,
-            b"STARTTLS" => Self::StartTls,
-            b"XSHADOW" => Self::XShadow,
-            b"XQDISCARD" => Self::XqDiscard,
-            b"XSHADOWREQUEST" => Self::XShadowRequest,
+        const EHLO: u32 = word(b"EHLO");
+        const HELO: u32 = word(b"HELO");
+        const MAIL: u32 = word(b"MAIL");
+        const RCPT: u32 = word(b"RCPT");
+        const DATA: u32 = word(b"DATA");
+        const BDAT: u32 = word(b"BDAT");
+        const RSET: u32 = word(b"RSET");
+        const NOOP: u32 = word(b"NOOP");
+        const QUIT: u32 = word(b"QUIT");
+        const VRFY: u32 = word(b"VRFY");
+        const HELP: u32 = word(b"HELP");
+        Some(match word(verb) {
+            EHLO => Self::Ehlo,
+            HELO => Self::Helo,
+            MAIL => Self::Mail,
+            RCPT => Self::Rcpt,
+            DATA => Self::Data,
+            BDAT => Self::Bdat,
+            RSET => Self::Rset,
+            NOOP => Self::Noop,
+            QUIT => Self::Quit,
+            VRFY => Self::Vrfy,
+            HELP => Self::Help,
             _ => return None,
         })
     }
@@ -266,6 +291,51 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
+/// `s` without its leading spaces; a byte loop, cheaper than a `char` pattern.
+fn trim_start_spaces(s: &str) -> &str {
+    let start = s.bytes().position(|b| b != b' ').unwrap_or(s.len());
+    s.get(start..).unwrap_or_default()
+}
+
+/// `s` without its leading and trailing spaces, as `s.trim_matches(' ')`.
+fn trim_spaces(s: &str) -> &str {
+    let s = trim_start_spaces(s);
+    let end = s
+        .bytes()
+        .rposition(|b| b != b' ')
+        .map_or(0, |last| last + 1);
+    s.get(..end).unwrap_or_default()
+}
+
+/// The verb of a command line (its bytes before the first space) and the rest of the line
+/// after it; `None` for an unknown verb.
+fn split_verb(line: &[u8]) -> Option<(Verb, &[u8])> {
+    // Most lines start with a four-letter verb and a space (or are only the verb). A match
+    // is all letters, so the space after it is the first one: nothing needs searching.
+    if let Some((word, rest)) = line.split_first_chunk::<4>()
+        && rest.first().is_none_or(|&b| b == b' ')
+        && let Some(verb) = Verb::from_four_letters(word)
+    {
+        return Some((verb, rest));
+    }
+    // No verb is longer than 14 bytes, so only the first 15 are searched: a first word that
+    // fills them is no verb whatever its real length, and `from_bytes` refuses it for that.
+    let head = line.get(..15).unwrap_or(line);
+    let len = head.iter().position(|&b| b == b' ').unwrap_or(head.len());
+    let (verb, rest) = line.split_at_checked(len)?;
+    Some((Verb::from_bytes(verb)?, rest))
+}
+
+/// True when `value` has no control character and no space.
+///
+/// Printable ASCII, the usual case, passes the byte check; anything else is decided per
+/// `char`, since `char::is_control` also covers U+0080..=U+009F (two bytes in UTF-8).
+fn is_token(value: &str) -> bool {
+    let not_printable = |word| bytes_below(word, b'!') | bytes_from_del(word);
+    first_flagged(value.as_bytes(), not_printable) == value.len()
+        || !value.contains(|c: char| c.is_control() || c == ' ')
+}
+
 /// `1*DIGIT` as a u64; `None` for anything else, overflow included.
 fn parse_decimal(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -277,21 +347,84 @@ fn parse_decimal(s: &str) -> Option<u64> {
 impl<'a> Command<'a> {
     /// Parses one command line, without its CRLF.
     pub fn parse(line: &'a [u8]) -> Result<Command<'a>, CommandError> {
-        let verb_end = memchr::memchr(b' ', line).unwrap_or(line.len());
-        let verb = Verb::from_bytes(&line[..verb_end]);
-        let Ok(line) = std::str::from_utf8(line) else {
-            return Err(CommandError {
-                verb,
-                kind: CommandErrorKind::NotUtf8,
-            });
+        let Some((verb, rest)) = split_verb(line) else {
+            return match std::str::from_utf8(line) {
+                Ok(line) => Ok(Command::Unknown {
+                    line: Cow::Borrowed(line),
+                }),
+                Err(_) => Err(CommandError {
+                    verb: None,
+                    kind: CommandErrorKind::NotUtf8,
+                }),
+            };
         };
-        let Some(verb) = verb else {
-            return Ok(Command::Unknown {
-                line: Cow::Borrowed(line),
-            });
+        // A known verb is ASCII, so the line is UTF-8 exactly when the rest of it is (and a
+        // bare verb needs no check at all).
+        let rest = match rest {
+            [] => "",
+            rest => match std::str::from_utf8(rest) {
+                Ok(rest) => rest,
+                Err(_) => return Err(CommandError::new(verb, CommandErrorKind::NotUtf8)),
+            },
         };
-        let args = line[verb_end..].trim_matches(' ');
-        Self::parse_args(verb, args).map_err(|kind| CommandError::new(verb, kind))
+        let args = trim_spaces(rest);
+        match verb {
+            Verb::Mail => Self::parse_mail(args),
+            Verb::Rcpt => Self::parse_rcpt(args),
+            _ => Self::parse_args(verb, args).map_err(|kind| CommandError::new(verb, kind)),
+        }
+    }
+
+    /// `FROM:<reverse-path> [params]`, the arguments of MAIL.
+    ///
+    /// MAIL and RCPT have functions of their own that return the final result type: their
+    /// large values are then written once, straight into the caller's result, instead of
+    /// being moved again through [`Command::parse_args`]'s result.
+    #[inline(never)]
+    fn parse_mail(args: &'a str) -> Result<Command<'a>, CommandError> {
+        use CommandErrorKind as K;
+        let error = |kind| CommandError::new(Verb::Mail, kind);
+        let rest = strip_prefix_ignore_case(args, "FROM:").ok_or(error(K::MissingArgument))?;
+        let (from, rest) =
+            parse_reverse_path(trim_start_spaces(rest)).map_err(|e| error(K::BadSender(e)))?;
+        if !rest.is_empty() && !rest.starts_with(' ') {
+            return Err(error(K::BadSender(PathError::Syntax)));
+        }
+        if rest.bytes().all(|b| b == b' ') {
+            // No parameters, the usual case: nothing to parse and nothing to move.
+            return Ok(Command::Mail {
+                from,
+                params: MailParams::default(),
+            });
+        }
+        match MailParams::parse(rest) {
+            Ok(params) => Ok(Command::Mail { from, params }),
+            Err(e) => Err(error(K::BadParameter(e))),
+        }
+    }
+
+    /// `TO:<forward-path> [params]`, the arguments of RCPT (see [`Command::parse_mail`]).
+    #[inline(never)]
+    fn parse_rcpt(args: &'a str) -> Result<Command<'a>, CommandError> {
+        use CommandErrorKind as K;
+        let error = |kind| CommandError::new(Verb::Rcpt, kind);
+        let rest = strip_prefix_ignore_case(args, "TO:").ok_or(error(K::MissingArgument))?;
+        let (to, rest) =
+            parse_forward_path(trim_start_spaces(rest)).map_err(|e| error(K::BadRecipient(e)))?;
+        if !rest.is_empty() && !rest.starts_with(' ') {
+            return Err(error(K::BadRecipient(PathError::Syntax)));
+        }
+        if rest.bytes().all(|b| b == b' ') {
+            // No parameters, the usual case: nothing to parse and nothing to move.
+            return Ok(Command::Rcpt {
+                to,
+                params: RcptParams::default(),
+            });
+        }
+        match RcptParams::parse(rest) {
+            Ok(params) => Ok(Command::Rcpt { to, params }),
+            Err(e) => Err(error(K::BadParameter(e))),
+        }
     }
 
     fn parse_args(verb: Verb, args: &'a str) -> Result<Command<'a>, CommandErrorKind> {
@@ -303,16 +436,15 @@ impl<'a> Command<'a> {
                 Ok(args)
             }
         };
-        let none = |command: Command<'a>| {
+        let none = || {
             if args.is_empty() {
-                Ok(command)
+                Ok(())
             } else {
                 Err(K::UnexpectedArgument)
             }
         };
         let token = |value: &'a str| {
-            let ok = !value.contains(|c: char| c.is_control() || c == ' ');
-            if ok {
+            if is_token(value) {
                 Ok(Cow::Borrowed(value))
             } else {
                 Err(K::InvalidArgument)
@@ -325,32 +457,14 @@ impl<'a> Command<'a> {
             Verb::Helo => Ok(Command::Helo {
                 domain: token(required()?)?,
             }),
-            Verb::Mail => {
-                let rest =
-                    strip_prefix_ignore_case(required()?, "FROM:").ok_or(K::MissingArgument)?;
-                let (from, rest) =
-                    parse_reverse_path(rest.trim_start_matches(' ')).map_err(K::BadSender)?;
-                if !rest.is_empty() && !rest.starts_with(' ') {
-                    return Err(K::BadSender(PathError::Syntax));
-                }
-                let params = MailParams::parse(rest).map_err(K::BadParameter)?;
-                Ok(Command::Mail { from, params })
-            }
-            Verb::Rcpt => {
-                let rest =
-                    strip_prefix_ignore_case(required()?, "TO:").ok_or(K::MissingArgument)?;
-                let (to, rest) =
-                    parse_forward_path(rest.trim_start_matches(' ')).map_err(K::BadRecipient)?;
-                if !rest.is_empty() && !rest.starts_with(' ') {
-                    return Err(K::BadRecipient(PathError::Syntax));
-                }
-                let params = RcptParams::parse(rest).map_err(K::BadParameter)?;
-                Ok(Command::Rcpt { to, params })
-            }
-            Verb::Data => none(Command::Data),
-            Verb::Rset => none(Command::Rset),
-            Verb::Quit => none(Command::Quit),
-            Verb::StartTls => none(Command::StartTls),
+            // `parse` sends MAIL and RCPT straight to their functions; these arms keep the
+            // match whole.
+            Verb::Mail => Self::parse_mail(args).map_err(|e| e.kind),
+            Verb::Rcpt => Self::parse_rcpt(args).map_err(|e| e.kind),
+            Verb::Data => none().map(|()| Command::Data),
+            Verb::Rset => none().map(|()| Command::Rset),
+            Verb::Quit => none().map(|()| Command::Quit),
+            Verb::StartTls => none().map(|()| Command::StartTls),
             Verb::Noop => Ok(Command::Noop),
             Verb::Bdat => {
                 let mut words = required()?.split(' ').filter(|w| !w.is_empty());
@@ -526,6 +640,124 @@ impl<'a> Command<'a> {
                 database_id: own(database_id),
             },
             Self::Unknown { line } => Command::Unknown { line: own(line) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VERBS: [Verb; 15] = [
+        Verb::Ehlo,
+        Verb::Helo,
+        Verb::Mail,
+        Verb::Rcpt,
+        Verb::Data,
+        Verb::Bdat,
+        Verb::Rset,
+        Verb::Noop,
+        Verb::Quit,
+        Verb::Vrfy,
+        Verb::Help,
+        Verb::StartTls,
+        Verb::XShadow,
+        Verb::XqDiscard,
+        Verb::XShadowRequest,
+    ];
+
+    /// [`Verb::from_bytes`] as first written: the verb upper-cased into a buffer and compared
+    /// with every name in turn.
+    fn reference_verb(verb: &[u8]) -> Option<Verb> {
+        let mut upper = [0u8; 14];
+        let upper = upper.get_mut(..verb.len())?;
+        for (u, b) in upper.iter_mut().zip(verb) {
+            *u = b.to_ascii_uppercase();
+        }
+        VERBS
+            .into_iter()
+            .find(|v| v.as_str().as_bytes() == &upper[..])
+    }
+
+    #[test]
+    fn every_verb_in_every_case_and_nothing_one_byte_off_is_recognised_as_before() {
+        for verb in VERBS {
+            let name = verb.as_str().as_bytes();
+            for case in 0..1u32 << name.len() {
+                let mixed: Vec<u8> = name
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        if case >> i & 1 == 1 {
+                            b.to_ascii_lowercase()
+                        } else {
+                            *b
+                        }
+                    })
+                    .collect();
+                assert_eq!(Verb::from_bytes(&mixed), Some(verb), "{mixed:?}");
+            }
+            for i in 0..name.len() {
+                for b in 0..=u8::MAX {
+                    let mut near = name.to_vec();
+                    near[i] = b;
+                    assert_eq!(Verb::from_bytes(&near), reference_verb(&near), "{near:?}");
+                }
+            }
+        }
+    }
+
+    /// Bytes from verb names, spaces and anything else.
+    fn verb_like(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            4 => prop::sample::select(b"EHLODATMCPRSQUIVFYBNXWK ehlodatmcprsquivfybnxwk".to_vec()),
+            1 => any::<u8>(),
+        ];
+        prop::collection::vec(byte, 0..max)
+    }
+
+    proptest! {
+        #[test]
+        fn verb_recognition_agrees_with_the_reference(verb in verb_like(16)) {
+            prop_assert_eq!(Verb::from_bytes(&verb), reference_verb(&verb));
+        }
+
+        /// The verb is the bytes before the first space, as a search for that space finds.
+        #[test]
+        fn split_verb_agrees_with_a_search_for_the_first_space(
+            mut line in verb_like(24),
+            verb in prop::sample::select(VERBS.to_vec()),
+            prefix in any::<bool>(),
+        ) {
+            if prefix {
+                let mut with_verb = verb.as_str().as_bytes().to_vec();
+                with_verb.extend_from_slice(&line);
+                line = with_verb;
+            }
+            let end = memchr::memchr(b' ', &line).unwrap_or(line.len());
+            let want = reference_verb(&line[..end]).map(|verb| (verb, &line[end..]));
+            prop_assert_eq!(split_verb(&line), want);
+        }
+
+        #[test]
+        fn is_token_agrees_with_the_char_rule(
+            value in prop_oneof![
+                "[!-~]{0,30}",
+                "[ -~\t\u{7f}\u{80}-\u{9f}é€]{0,30}",
+                any::<String>(),
+            ],
+        ) {
+            prop_assert_eq!(
+                is_token(&value),
+                !value.contains(|c: char| c.is_control() || c == ' ')
+            );
+        }
+
+        #[test]
+        fn space_trimming_agrees_with_trim_matches(s in "[ aé]{0,8}") {
+            prop_assert_eq!(trim_spaces(&s), s.trim_matches(' '));
+            prop_assert_eq!(trim_start_spaces(&s), s.trim_start_matches(' '));
         }
     }
 }

@@ -64,42 +64,40 @@ impl<'a> EhloKeywords<'a> {
     /// Records one keyword line of an EHLO reply; blank lines are ignored, unknown keywords
     /// and a `SIZE` with a malformed number go to [`EhloKeywords::other`].
     pub fn add_line(&mut self, line: Cow<'a, str>) {
-        let (keyword, param) = line.split_once(' ').unwrap_or((line.as_ref(), ""));
-        let known = |name: &str| keyword.eq_ignore_ascii_case(name);
+        let space = line.bytes().position(|b| b == b' ');
+        let (keyword, param) =
+            match space.and_then(|at| Some((line.get(..at)?, line.get(at + 1..)?))) {
+                Some((keyword, param)) => (keyword, param),
+                None => (line.as_ref(), ""),
+            };
         if keyword.is_empty() && param.trim().is_empty() {
             return;
         }
-        if known("PIPELINING") {
-            self.pipelining = true;
-        } else if known("SIZE") {
-            let param = param.trim_matches(' ');
-            if param.is_empty() {
-                self.size = Some(SizeLimit::Unannounced);
-            } else if let Some(n) = parse_decimal(param) {
-                self.size = Some(SizeLimit::Max(n));
-            } else {
-                self.other.push(line);
+        // Keywords of different lengths never match: the length picks the one or few names
+        // to compare, instead of trying all eleven in turn.
+        let is = |name: &str| keyword.eq_ignore_ascii_case(name);
+        match keyword.len() {
+            3 if is("DSN") => self.dsn = true,
+            4 if is("SIZE") => {
+                let param = param.trim_matches(' ');
+                if param.is_empty() {
+                    self.size = Some(SizeLimit::Unannounced);
+                } else if let Some(n) = parse_decimal(param) {
+                    self.size = Some(SizeLimit::Max(n));
+                } else {
+                    self.other.push(line);
+                }
             }
-        } else if known("8BITMIME") {
-            self.eight_bit_mime = true;
-        } else if known("CHUNKING") {
-            self.chunking = true;
-        } else if known("BINARYMIME") {
-            self.binary_mime = true;
-        } else if known("SMTPUTF8") {
-            self.smtputf8 = true;
-        } else if known("ENHANCEDSTATUSCODES") {
-            self.enhanced_status_codes = true;
-        } else if known("DSN") {
-            self.dsn = true;
-        } else if known("STARTTLS") {
-            self.starttls = true;
-        } else if known("XSHADOW") {
-            self.xshadow = true;
-        } else if known("XSHADOWREQUEST") {
-            self.xshadow_request = true;
-        } else {
-            self.other.push(line);
+            7 if is("XSHADOW") => self.xshadow = true,
+            8 if is("8BITMIME") => self.eight_bit_mime = true,
+            8 if is("CHUNKING") => self.chunking = true,
+            8 if is("SMTPUTF8") => self.smtputf8 = true,
+            8 if is("STARTTLS") => self.starttls = true,
+            10 if is("PIPELINING") => self.pipelining = true,
+            10 if is("BINARYMIME") => self.binary_mime = true,
+            14 if is("XSHADOWREQUEST") => self.xshadow_request = true,
+            19 if is("ENHANCEDSTATUSCODES") => self.enhanced_status_codes = true,
+            _ => self.other.push(line),
         }
     }
 

@@ -124,6 +124,75 @@ fn find_line_end(buf: &[u8], from: usize, lenient: bool) -> Option<(usize, usize
     None
 }
 
+// ---------------------------------------------------------------------------------------------
+// Byte scanning, eight bytes at a time
+// ---------------------------------------------------------------------------------------------
+//
+// The codec's hot checks ("every byte of this value is printable", "where does this run of
+// value bytes end") look at one class of bytes at a time. Read as a `u64`, eight bytes are
+// tested with a handful of integer operations instead of a compare and a branch each. Each
+// test below returns a word with the high bit set in the lowest byte that matches, and no bit
+// at all when no byte matches; bits above that lowest match may be spurious (a borrow from it),
+// so only the lowest one is ever used, by [`first_flagged`].
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Flags the bytes of `word` below `n`, for `n` at most 0x80 (bytes from 0x80 up never are).
+pub(super) const fn bytes_below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(ONES * n as u64) & !word & HIGHS
+}
+
+/// Flags the bytes of `word` equal to `b`.
+pub(super) const fn bytes_equal(word: u64, b: u8) -> u64 {
+    bytes_below(word ^ (ONES * b as u64), 1)
+}
+
+/// Flags the bytes of `word` from 0x80 up (every non-ASCII byte).
+pub(super) const fn non_ascii(word: u64) -> u64 {
+    word & HIGHS
+}
+
+/// Flags the bytes of `word` from 0x7F up (DEL and every non-ASCII byte).
+pub(super) const fn bytes_from_del(word: u64) -> u64 {
+    (((word & !HIGHS) + ONES) | word) & HIGHS
+}
+
+/// The index of the first byte of `bytes` that `test` (built from the tests above) flags, or
+/// `bytes.len()` when there is none. `test` must not flag `A`, which pads a short input.
+pub(super) fn first_flagged(bytes: &[u8], test: impl Fn(u64) -> u64) -> usize {
+    let mut at = 0;
+    while let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let flags = test(u64::from_le_bytes(*word));
+        if flags != 0 {
+            return at + flags.trailing_zeros() as usize / 8;
+        }
+        at += 8;
+    }
+    if at == bytes.len() {
+        return at;
+    }
+    // The last one to seven bytes. With eight bytes or more before them, the last eight bytes
+    // are tested again (those before `at` are known not to be flagged); otherwise they are
+    // copied into a word padded with `A`.
+    let (start, word) = match bytes.last_chunk::<8>() {
+        Some(last) => (bytes.len() - 8, *last),
+        None => {
+            let mut word = [b'A'; 8];
+            for (to, from) in word.iter_mut().zip(bytes) {
+                *to = *from;
+            }
+            (0, word)
+        }
+    };
+    let flags = test(u64::from_le_bytes(word));
+    if flags == 0 {
+        bytes.len()
+    } else {
+        start + flags.trailing_zeros() as usize / 8
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +297,50 @@ mod tests {
             reader.read(b"MAIL FROM:<a@b\r\n"),
             (Frame::Line(b"MAIL FROM:<a@b"), 16)
         );
+    }
+
+    /// The tests of [`first_flagged`], one byte at a time.
+    fn reference_first(bytes: &[u8], flagged: impl Fn(u8) -> bool) -> usize {
+        bytes
+            .iter()
+            .position(|&b| flagged(b))
+            .unwrap_or(bytes.len())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn eight_byte_scans_find_what_a_byte_loop_finds(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(vec![0u8, 0x20, 0x21, b'+', b'=', b'A', 0x7e, 0x7f, 0x80, 0xff]),
+                    proptest::num::u8::ANY,
+                ],
+                0..40,
+            ),
+            n in 1u8..=b'A',
+            b in proptest::num::u8::ANY,
+        ) {
+            proptest::prop_assume!(b != b'A');
+            proptest::prop_assert_eq!(
+                first_flagged(&bytes, |w| bytes_below(w, n)),
+                reference_first(&bytes, |x| x < n)
+            );
+            proptest::prop_assert_eq!(
+                first_flagged(&bytes, |w| bytes_equal(w, b)),
+                reference_first(&bytes, |x| x == b)
+            );
+            proptest::prop_assert_eq!(
+                first_flagged(&bytes, non_ascii),
+                reference_first(&bytes, |x| x >= 0x80)
+            );
+            proptest::prop_assert_eq!(
+                first_flagged(&bytes, bytes_from_del),
+                reference_first(&bytes, |x| x >= 0x7f)
+            );
+            proptest::prop_assert_eq!(
+                first_flagged(&bytes, |w| bytes_below(w, n) | bytes_equal(w, b) | bytes_from_del(w)),
+                reference_first(&bytes, |x| x < n || x == b || x >= 0x7f)
+            );
+        }
     }
 }

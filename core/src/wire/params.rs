@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use smallvec::SmallVec;
 
 use super::MAX_SHADOW_FIELD;
+use super::line::{bytes_below, bytes_equal, first_flagged};
 use super::xtext;
 
 /// Why a parameter list was refused; each maps to `501 5.5.4 Invalid arguments`.
@@ -127,30 +128,98 @@ pub struct RcptParams<'a> {
 
 /// Splits `SP`-separated `keyword[=value]` items, checking the keyword and value grammar.
 fn split_params(input: &str) -> impl Iterator<Item = Result<(&str, Option<&str>), ParamError>> {
-    input.split(' ').filter(|s| !s.is_empty()).map(|item| {
-        let (keyword, value) = match item.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (item, None),
-        };
-        let keyword_ok = keyword
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-            && keyword
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        // esmtp-value: printable except '=' (and SP, already split), UTF-8 allowed (RFC 6531).
-        let value_ok = value.is_none_or(|v| {
-            !v.is_empty()
-                && v.chars()
-                    .all(|c| c != '=' && (('!'..='~').contains(&c) || !c.is_ascii()))
-        });
-        if keyword_ok && value_ok {
-            Ok((keyword, value))
-        } else {
-            Err(ParamError::Malformed(keyword.to_owned()))
+    let mut rest = input;
+    std::iter::from_fn(move || {
+        let item = next_param(&mut rest)?;
+        if item.is_err() {
+            // Callers stop at the first error; end here rather than report it again.
+            rest = "";
         }
+        Some(item)
     })
+}
+
+/// Bit of [`BYTE_CLASS`]: an esmtp-keyword byte, ASCII letter, digit or `-`.
+const KEYWORD: u8 = 1;
+/// Bit of [`BYTE_CLASS`]: an esmtp-value byte, printable ASCII but `=`, or any byte of a
+/// non-ASCII character (RFC 6531).
+const VALUE: u8 = 2;
+
+/// [`KEYWORD`] and [`VALUE`] for every byte, so that each byte is checked with one load.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
+            table[b] = KEYWORD;
+        }
+        if matches!(byte, b'!'..=b'<' | b'>'..=b'~' | 0x80..=0xff) {
+            table[b] |= VALUE;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// The length of the run of `class` bytes at the front of `bytes`.
+fn class_run(bytes: &[u8], class: u8) -> usize {
+    bytes
+        .iter()
+        .position(|&b| BYTE_CLASS[usize::from(b)] & class == 0)
+        .unwrap_or(bytes.len())
+}
+
+/// The length of the run of [`VALUE`] bytes at the front of `bytes`, found eight bytes at a
+/// time: values (ids, GUIDs) are the longest part of a parameter list. A byte ends the run
+/// when it is below `!` (controls and the space), `=` or DEL, which is exactly not [`VALUE`].
+fn value_run(bytes: &[u8]) -> usize {
+    first_flagged(bytes, |word| {
+        bytes_below(word, b'!') | bytes_equal(word, b'=') | bytes_equal(word, 0x7f)
+    })
+}
+
+/// Takes the next `keyword[=value]` item off the front of `rest` and checks it; `None` when
+/// only spaces are left.
+///
+/// This is `split(' ')` without the empty items, `split_once('=')` and the keyword and value
+/// checks in one walk over the bytes: the run of keyword bytes, then `=` and the run of value
+/// bytes, and a valid item ends right there (at a space or the end); anything else is
+/// malformed and [`malformed_item`] names the keyword as the split would have. Working on
+/// bytes is exact: the line is UTF-8, so every byte of a non-ASCII character is 0x80 or more,
+/// and every such byte belongs to one (never a space or `=`).
+fn next_param<'a>(rest: &mut &'a str) -> Option<Result<(&'a str, Option<&'a str>), ParamError>> {
+    let start = rest.bytes().position(|b| b != b' ')?;
+    let item = rest.get(start..)?;
+    let bytes = item.as_bytes();
+    let keyword_len = class_run(bytes, KEYWORD);
+    let keyword = item.get(..keyword_len)?;
+    let (value, end) = match bytes.get(keyword_len) {
+        None | Some(b' ') => (None, keyword_len),
+        Some(b'=') => {
+            let value_start = keyword_len + 1;
+            let value_len = value_run(bytes.get(value_start..)?);
+            let end = value_start + value_len;
+            if value_len == 0 || !matches!(bytes.get(end), None | Some(b' ')) {
+                return Some(Err(ParamError::Malformed(keyword.to_owned())));
+            }
+            (item.get(value_start..end), end)
+        }
+        Some(_) => return Some(Err(malformed_item(item))),
+    };
+    if !keyword.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(Err(ParamError::Malformed(keyword.to_owned())));
+    }
+    *rest = item.get(end..)?;
+    Some(Ok((keyword, value)))
+}
+
+/// The error for an item (and whatever follows it) whose keyword has a byte that is neither
+/// a keyword byte nor `=`: the keyword is named as written, up to the first `=` of the item.
+fn malformed_item(item: &str) -> ParamError {
+    let item = item.split(' ').next().unwrap_or_default();
+    let keyword = item.split_once('=').map_or(item, |(keyword, _)| keyword);
+    ParamError::Malformed(keyword.to_owned())
 }
 
 fn malformed(keyword: &str) -> ParamError {
@@ -200,16 +269,20 @@ fn decode_xtext<'a>(keyword: &str, value: Option<&'a str>) -> Result<Cow<'a, str
 impl<'a> MailParams<'a> {
     /// Parses the text after the reverse-path (leading spaces allowed, may be empty).
     pub fn parse(input: &'a str) -> Result<Self, ParamError> {
+        if input.bytes().all(|b| b == b' ') {
+            // No parameters, the usual case: returned without building a list to move.
+            return Ok(Self::default());
+        }
         let mut params = MailParams::default();
         for item in split_params(input) {
             let (keyword, value) = item?;
             if keyword.eq_ignore_ascii_case("SIZE") {
                 set_once(&mut params.size, keyword, parse_size(value)?)?;
             } else if keyword.eq_ignore_ascii_case("BODY") {
-                let body = match value.map(str::to_ascii_uppercase).as_deref() {
-                    Some("7BIT") => BodyType::SevenBit,
-                    Some("8BITMIME") => BodyType::EightBitMime,
-                    Some("BINARYMIME") => BodyType::BinaryMime,
+                let body = match value {
+                    Some(v) if v.eq_ignore_ascii_case("7BIT") => BodyType::SevenBit,
+                    Some(v) if v.eq_ignore_ascii_case("8BITMIME") => BodyType::EightBitMime,
+                    Some(v) if v.eq_ignore_ascii_case("BINARYMIME") => BodyType::BinaryMime,
                     _ => return Err(malformed(keyword)),
                 };
                 set_once(&mut params.body, keyword, body)?;
@@ -294,6 +367,10 @@ impl<'a> MailParams<'a> {
 impl<'a> RcptParams<'a> {
     /// Parses the text after the forward-path (leading spaces allowed, may be empty).
     pub fn parse(input: &'a str) -> Result<Self, ParamError> {
+        if input.bytes().all(|b| b == b' ') {
+            // No parameters, the usual case: returned without building a list to move.
+            return Ok(Self::default());
+        }
         let mut params = RcptParams::default();
         for item in split_params(input) {
             let (keyword, value) = item?;
@@ -414,6 +491,7 @@ fn own_other(other: SmallVec<[OtherParam<'_>; 2]>) -> SmallVec<[OtherParam<'stat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn the_protocol_example_parameters_parse_in_any_order_and_case() {
@@ -504,5 +582,78 @@ mod tests {
         let mut out = Vec::new();
         p.write_to(&mut out);
         assert_eq!(out, " AUTH=<> X-TAG=é".as_bytes());
+    }
+
+    /// The parameter splitter as first written, over `str` and `char`: the reference for the
+    /// byte walk of [`next_param`].
+    fn reference_split_params(
+        input: &str,
+    ) -> impl Iterator<Item = Result<(&str, Option<&str>), ParamError>> {
+        input.split(' ').filter(|s| !s.is_empty()).map(|item| {
+            let (keyword, value) = match item.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (item, None),
+            };
+            let keyword_ok = keyword
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+                && keyword
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let value_ok = value.is_none_or(|v| {
+                !v.is_empty()
+                    && v.chars()
+                        .all(|c| c != '=' && (('!'..='~').contains(&c) || !c.is_ascii()))
+            });
+            if keyword_ok && value_ok {
+                Ok((keyword, value))
+            } else {
+                Err(ParamError::Malformed(keyword.to_owned()))
+            }
+        })
+    }
+
+    /// Parameter lists: mostly spaces, `=`, keyword and value bytes, some of anything.
+    fn param_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            6 => prop::sample::select(vec![" ", "  ", "=", "-", ";", ","]),
+            8 => prop::sample::select(vec!["SIZE", "x", "Body", "8BITMIME", "0", "a-b", "+2B"]),
+            2 => prop::sample::select(vec!["<", ">", "~", "!", "\"", "\\", "é", "例", "\u{85}"]),
+            1 => prop::sample::select(vec!["\t", "\r", "\0", "\u{7f}"]),
+        ];
+        prop::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn value_run_ends_at_the_first_non_value_byte(
+            bytes in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            prop_assert_eq!(value_run(&bytes), class_run(&bytes, VALUE));
+        }
+
+        /// The byte walk splits and judges every list as the `str` splitter did, and stops at
+        /// the same first error.
+        #[test]
+        fn split_params_agrees_with_the_reference(input in param_like()) {
+            let mut got = Vec::new();
+            for item in split_params(&input) {
+                let stop = item.is_err();
+                got.push(item);
+                if stop {
+                    break;
+                }
+            }
+            let mut want = Vec::new();
+            for item in reference_split_params(&input) {
+                let stop = item.is_err();
+                want.push(item);
+                if stop {
+                    break;
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
     }
 }

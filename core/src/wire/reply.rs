@@ -4,9 +4,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use memchr::memchr;
+use memchr::{memchr, memchr2};
 use smallvec::SmallVec;
 
+use super::line::{bytes_below, first_flagged, non_ascii};
 use super::{DEFAULT_MAX_LINE, MAX_SHADOW_FIELD};
 
 /// An RFC 3463 enhanced status code such as `2.1.0`.
@@ -572,14 +573,18 @@ impl ReplyReader {
     /// (the caller then drops `consumed` bytes), `Ok(None)` when more bytes are needed, `Err`
     /// when the peer sent something that is not a valid reply within the limits.
     pub fn read<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Reply<'b>, usize)>, ReplyError> {
-        let result = self.scan(buf);
+        let mut ends = LineEnds::new();
+        let result = self.scan(buf, &mut ends);
+        let lines = self.lines;
         if !matches!(result, Ok(None)) {
             self.reset();
         }
         match result {
             Ok(Some(consumed)) => {
                 let bytes = buf.get(..consumed).unwrap_or_default();
-                build_reply(bytes).map(|reply| Some((reply, consumed)))
+                // The line ends are known when every line was found by this call.
+                let ends = (ends.len() == lines).then_some(&ends[..]);
+                build_reply(bytes, lines, ends).map(|reply| Some((reply, consumed)))
             }
             Ok(None) => Ok(None),
             Err(e) => Err(e),
@@ -587,7 +592,8 @@ impl ReplyReader {
     }
 
     /// Checks new bytes; returns the length of the reply once its last line is seen.
-    fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ReplyError> {
+    /// The offset in `buf` of the LF of every line this call finds is pushed to `ends`.
+    fn scan(&mut self, buf: &[u8], ends: &mut LineEnds) -> Result<Option<usize>, ReplyError> {
         if buf.len() < self.line_start.saturating_add(self.scanned) {
             // Not the buffer we were fed before: start over rather than trust stale progress.
             self.reset();
@@ -613,8 +619,17 @@ impl ReplyReader {
                 .get(..lf)
                 .and_then(|l| l.strip_suffix(b"\r"))
                 .ok_or(ReplyError::BareLineBreak { line: line_no })?;
+            // The usual line, with no control byte up to CR and only ASCII, passes one
+            // eight-bytes-at-a-time check; any other line gets the exact checks, CR and LF
+            // first (a bare CR or LF is reported before a bad code, a bad code before bad
+            // UTF-8).
+            let plain = first_flagged(line, |word| bytes_below(word, b'\r' + 1) | non_ascii(word))
+                == line.len();
+            if !plain && memchr2(b'\r', b'\n', line).is_some() {
+                return Err(ReplyError::BareLineBreak { line: line_no });
+            }
             let parsed = split_line(line, line_no)?;
-            if std::str::from_utf8(parsed.text).is_err() {
+            if !plain && std::str::from_utf8(parsed.text).is_err() {
                 return Err(ReplyError::NotUtf8 { line: line_no });
             }
             match self.code {
@@ -629,6 +644,7 @@ impl ReplyReader {
                 Some(_) => {}
             }
             self.lines = line_no;
+            ends.push(self.line_start + lf);
             self.line_start += lf + 1;
             self.scanned = 0;
             if line_no > self.max_lines || (!parsed.last && line_no >= self.max_lines) {
@@ -648,6 +664,10 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, ReplyError>
     ReplyReader::new().read(buf)
 }
 
+/// The offsets of the LFs of a reply's lines, found once by [`ReplyReader::scan`] so that
+/// [`build_reply`] need not search for them again.
+type LineEnds = SmallVec<[usize; 16]>;
+
 /// One reply line split into its parts.
 struct Line<'b> {
     code: u16,
@@ -655,11 +675,9 @@ struct Line<'b> {
     text: &'b [u8],
 }
 
-/// Splits a line (without its CRLF) into code, last-line flag and text.
+/// Splits a line (without its CRLF, and known to hold no CR or LF) into code, last-line flag
+/// and text.
 fn split_line(line: &[u8], line_no: usize) -> Result<Line<'_>, ReplyError> {
-    if line.contains(&b'\r') || line.contains(&b'\n') {
-        return Err(ReplyError::BareLineBreak { line: line_no });
-    }
     let code = match line {
         [a @ b'2'..=b'5', b @ b'0'..=b'9', c @ b'0'..=b'9', ..] => {
             u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
@@ -675,22 +693,45 @@ fn split_line(line: &[u8], line_no: usize) -> Result<Line<'_>, ReplyError> {
     Ok(Line { code, last, text })
 }
 
-/// Builds the reply from bytes [`ReplyReader::scan`] has already checked.
-fn build_reply(bytes: &[u8]) -> Result<Reply<'_>, ReplyError> {
+/// Builds the reply of `count` lines from bytes [`ReplyReader::scan`] has already checked:
+/// every line has a valid code and separator, no bare CR or LF, and UTF-8 text. `ends` holds
+/// the offsets of the lines' LFs when they are known; otherwise they are searched for.
+fn build_reply<'b>(
+    bytes: &'b [u8],
+    count: usize,
+    ends: Option<&[usize]>,
+) -> Result<Reply<'b>, ReplyError> {
+    // Codes, separators and CRLFs are ASCII and every text is UTF-8, so the whole reply is
+    // UTF-8: one check here instead of one per line. (Should it fail all the same, the
+    // error names the line, as the per-line check would.)
+    let all = std::str::from_utf8(bytes).map_err(|e| ReplyError::NotUtf8 {
+        line: 1 + bytes
+            .get(..e.valid_up_to())
+            .map_or(0, |valid| memchr::memchr_iter(b'\n', valid).count()),
+    })?;
     let mut code = 0;
     let mut enhanced = None;
-    let mut lines: SmallVec<[Cow<'_, str>; 1]> = SmallVec::new();
-    let raw_lines = bytes
-        .strip_suffix(b"\r\n")
-        .unwrap_or(bytes)
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    for (i, raw) in raw_lines.enumerate() {
-        let line_no = i + 1;
-        let parsed = split_line(raw, line_no)?;
-        let text =
-            std::str::from_utf8(parsed.text).map_err(|_| ReplyError::NotUtf8 { line: line_no })?;
-        let text = if i == 0 {
+    let mut lines: SmallVec<[Cow<'_, str>; 1]> = SmallVec::with_capacity(count);
+    let mut start = 0;
+    let mut line_no = 0;
+    loop {
+        line_no += 1;
+        let lf = match ends {
+            Some(ends) => ends.get(line_no - 1).copied(),
+            None => all
+                .as_bytes()
+                .get(start..)
+                .and_then(|rest| memchr(b'\n', rest))
+                .map(|lf| start + lf),
+        };
+        let Some((lf, raw)) = lf.and_then(|lf| Some((lf, all.get(start..lf)?))) else {
+            break;
+        };
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        let parsed = split_line(raw.as_bytes(), line_no)?;
+        // The code and its separator are ASCII: the text starts on a char boundary.
+        let text = raw.get(raw.len() - parsed.text.len()..).unwrap_or_default();
+        let text = if line_no == 1 {
             code = parsed.code;
             match enhanced_prefix(text, (code / 100) as u8) {
                 Some((status, rest)) => {
@@ -700,12 +741,13 @@ fn build_reply(bytes: &[u8]) -> Result<Reply<'_>, ReplyError> {
                 None => text,
             }
         } else {
-            match (enhanced, enhanced_prefix(text, (code / 100) as u8)) {
-                (Some(first), Some((status, rest))) if status == first => rest,
+            match enhanced.and_then(|first| Some((first, enhanced_prefix(text, first.class)?))) {
+                Some((first, (status, rest))) if status == first => rest,
                 _ => text,
             }
         };
         lines.push(Cow::Borrowed(text));
+        start = lf + 1;
     }
     Ok(Reply {
         code,
