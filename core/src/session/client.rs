@@ -1447,15 +1447,11 @@ impl ClientSession {
     }
 }
 
-/// Whether a body needs BINARYMIME (NUL, bare CR or bare LF) and whether it has 8-bit bytes.
+/// Whether a body needs BINARYMIME (a NUL byte) and whether it has 8-bit bytes. Bare CR and
+/// bare LF do not call for it: DATA and BDAT carry them unchanged, and marking such a message
+/// BINARYMIME would make every later hop without CHUNKING refuse it.
 fn body_kind(body: &[u8]) -> (bool, bool) {
-    let eight_bit = !body.is_ascii();
-    let binary = memchr(0, body).is_some()
-        || memchr2_iter(b'\r', b'\n', body).any(|i| match body.get(i) {
-            Some(b'\r') => body.get(i + 1) != Some(&b'\n'),
-            _ => i == 0 || body.get(i - 1) != Some(&b'\r'),
-        });
-    (binary, eight_bit)
+    (memchr(0, body).is_some(), !body.is_ascii())
 }
 
 #[cfg(test)]

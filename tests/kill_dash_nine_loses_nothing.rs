@@ -1,0 +1,668 @@
+//! Crashes with real processes: while 5,000 messages go to `xshadow hub` → `xshadow edge` →
+//! `xshadow sink`, the edge and the hub are killed with SIGKILL at random moments, several
+//! times each, and restarted on the same spool and port. Every message the hub acknowledged
+//! must be in the sink's Maildir; duplicates are counted and printed; nothing may be lost.
+//!
+//! `XSHADOW_CRASH_SEED=N` replays one schedule of kills; `XSHADOW_KEEP_SCRATCH=1` keeps the
+//! spools, Maildir and logs.
+
+mod common;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MESSAGES: usize = 5_000;
+const EDGE_KILLS: usize = 3;
+const HUB_KILLS: usize = 3;
+const SENDERS: usize = 4;
+const PER_CONNECTION: usize = 25;
+const FROM: &str = "load@example.org";
+const TO: &str = "sink@example.net";
+
+fn message_id(run: &str, n: usize) -> String {
+    format!("<crash.{run}.{n}@kill9.test>")
+}
+
+fn content(run: &str, n: usize) -> Vec<u8> {
+    let mut c = format!(
+        "Message-ID: {}\r\nFrom: <{FROM}>\r\nTo: <{TO}>\r\nSubject: crash run message {n}\r\n\r\n",
+        message_id(run, n)
+    )
+    .into_bytes();
+    for line in 0..12 {
+        c.extend_from_slice(
+            format!(
+                "message {n:05} line {line:02}: the quick brown fox jumps over the lazy dog\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    c.extend_from_slice(b".a line that starts with a dot\r\n");
+    c
+}
+
+/// The sender: `SENDERS` threads that submit every message to the hub, retrying those not
+/// acknowledged (refused, connection lost, hub down) until each got a 250.
+struct Sender {
+    pending: Mutex<VecDeque<usize>>,
+    acked: Mutex<Vec<bool>>,
+    acked_count: AtomicUsize,
+    /// Sends that got no reply (connection lost mid-transaction): may become duplicates.
+    in_doubt: AtomicUsize,
+    refused: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Sender {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            pending: Mutex::new((0..MESSAGES).collect()),
+            acked: Mutex::new(vec![false; MESSAGES]),
+            acked_count: AtomicUsize::new(0),
+            in_doubt: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn requeue(&self, ns: impl IntoIterator<Item = usize>) {
+        self.pending.lock().unwrap().extend(ns);
+    }
+
+    fn worker(&self, hub: SocketAddr, run: &str) {
+        while !self.stop.load(Ordering::Relaxed)
+            && self.acked_count.load(Ordering::SeqCst) < MESSAGES
+        {
+            let batch: Vec<usize> = {
+                let mut p = self.pending.lock().unwrap();
+                let k = p.len().min(PER_CONNECTION);
+                p.drain(..k).collect()
+            };
+            if batch.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            let mut smtp = match Smtp::connect(hub, Duration::from_secs(20)) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.requeue(batch);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            for (i, &n) in batch.iter().enumerate() {
+                match smtp.send_message(FROM, TO, &content(run, n)) {
+                    Ok(reply) if reply.code == 250 => {
+                        let mut acked = self.acked.lock().unwrap();
+                        if !acked[n] {
+                            acked[n] = true;
+                            self.acked_count.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(_) => {
+                        self.refused.fetch_add(1, Ordering::Relaxed);
+                        self.requeue([n]);
+                    }
+                    Err(_) => {
+                        self.in_doubt.fetch_add(1, Ordering::Relaxed);
+                        self.requeue(batch[i..].iter().copied());
+                        break;
+                    }
+                }
+            }
+            smtp.quit();
+        }
+    }
+}
+
+/// A node that is killed and restarted: its command, port, spool and incarnations.
+struct Crashable {
+    name: &'static str,
+    addr: SocketAddr,
+    scratch: PathBuf,
+    make: Box<dyn Fn(u16) -> std::process::Command>,
+    proc: Option<Proc>,
+    incarnation: usize,
+}
+
+impl Crashable {
+    fn log(&self) -> PathBuf {
+        self.scratch
+            .join(format!("{}.{}.log", self.name, self.incarnation))
+    }
+
+    fn start(
+        name: &'static str,
+        scratch: &Path,
+        make: Box<dyn Fn(u16) -> std::process::Command>,
+    ) -> Self {
+        let log = scratch.join(format!("{name}.0.log"));
+        let (proc, addr) = start_server(name, &log, Some(NODE_READY), &make);
+        Self {
+            name,
+            addr,
+            scratch: scratch.to_owned(),
+            make,
+            proc: Some(proc),
+            incarnation: 0,
+        }
+    }
+
+    /// SIGTERM (must exit 0), then start again on the same port and spool.
+    fn graceful_restart(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal("TERM");
+            let status = p
+                .wait_exit(Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("{} ignored SIGTERM", self.name));
+            assert!(
+                status.success(),
+                "{} exited with {status:?} on SIGTERM",
+                self.name
+            );
+        }
+        self.incarnation += 1;
+        let log = self.log();
+        let port = self.addr.port();
+        self.proc = Some(restart_server(
+            self.name,
+            &log,
+            self.addr,
+            Some(NODE_READY),
+            || (self.make)(port),
+        ));
+    }
+
+    fn kill_and_restart(&mut self, down: Duration) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+        std::thread::sleep(down);
+        self.incarnation += 1;
+        let log = self.log();
+        let port = self.addr.port();
+        self.proc = Some(restart_server(
+            self.name,
+            &log,
+            self.addr,
+            Some(NODE_READY),
+            || (self.make)(port),
+        ));
+    }
+}
+
+/// Message-ID → copies in the Maildir, read incrementally (file name → id is cached).
+struct MaildirIndex {
+    dir: PathBuf,
+    seen: HashMap<std::ffi::OsString, String>,
+}
+
+impl MaildirIndex {
+    fn refresh(&mut self) -> HashMap<String, usize> {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if self.seen.contains_key(&name) {
+                    continue;
+                }
+                if let Ok(bytes) = std::fs::read(e.path()) {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let id = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Message-ID: "))
+                        .unwrap_or("(none)")
+                        .trim()
+                        .to_owned();
+                    self.seen.insert(name, id);
+                }
+            }
+        }
+        let mut counts = HashMap::new();
+        for id in self.seen.values() {
+            *counts.entry(id.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+#[test]
+fn kill_dash_nine_of_the_edge_and_the_hub_during_5000_messages_loses_no_acknowledged_message() {
+    let seed = std::env::var("XSHADOW_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("crash schedule seed: {seed} (XSHADOW_CRASH_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let run = format!("{:x}", rng.u32(..));
+    let started = Instant::now();
+
+    let scratch = Scratch::new("kill9");
+    // The spools are on disk; the sink's 5,000 fsynced files go to memory, as deleting them
+    // from this machine's disk takes longer than the whole run.
+    let memory = Scratch::new_in_memory("kill9-maildir");
+    let maildir = memory.join("maildir");
+    let (_sink, sink_addr) = start_xshadow_sink(&scratch, &maildir);
+    let opts = Arc::new(NodeOpts {
+        resubmit_after: "1m",
+        ..NodeOpts::default()
+    });
+    let edge_spool = scratch.join("edge-spool");
+    let hub_spool = scratch.join("hub-spool");
+    let o = opts.clone();
+    let es = edge_spool.clone();
+    let mut edge = Crashable::start(
+        "edge",
+        &scratch.path,
+        Box::new(move |p| edge_cmd("edge.kill9.test", p, &es, sink_addr, &o)),
+    );
+    let edge_addr = edge.addr;
+    let o = opts.clone();
+    let hs = hub_spool.clone();
+    let mut hub = Crashable::start(
+        "hub",
+        &scratch.path,
+        Box::new(move |p| hub_cmd("hub.kill9.test", p, &hs, &[edge_addr], &o)),
+    );
+    let hub_addr = hub.addr;
+
+    // The kill schedule: at random numbers of acknowledged messages, the edge or the hub.
+    let mut kills: Vec<(usize, &str)> = Vec::new();
+    for _ in 0..EDGE_KILLS {
+        kills.push((rng.usize(MESSAGES / 20..MESSAGES * 19 / 20), "edge"));
+    }
+    for _ in 0..HUB_KILLS {
+        kills.push((rng.usize(MESSAGES / 20..MESSAGES * 19 / 20), "hub"));
+    }
+    kills.sort();
+
+    let sender = Sender::new();
+    let threads: Vec<_> = (0..SENDERS)
+        .map(|_| {
+            let (s, run) = (sender.clone(), run.clone());
+            std::thread::spawn(move || s.worker(hub_addr, &run))
+        })
+        .collect();
+    // Stop the senders if this thread panics (their threads are joined below).
+    struct StopOnDrop(Arc<Sender>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop = StopOnDrop(sender.clone());
+
+    let mut log = Vec::new();
+    let send_deadline = Instant::now() + Duration::from_secs(180);
+    for (at, which) in &kills {
+        while sender.acked_count.load(Ordering::SeqCst) < *at {
+            assert!(
+                Instant::now() < send_deadline,
+                "sending stalled at {} acknowledged",
+                sender.acked_count.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A random moment a little later, and a random time down.
+        std::thread::sleep(Duration::from_millis(rng.u64(0..150)));
+        let down = Duration::from_millis(rng.u64(0..400));
+        let acked_now = sender.acked_count.load(Ordering::SeqCst);
+        let t = started.elapsed();
+        match *which {
+            "edge" => edge.kill_and_restart(down),
+            _ => hub.kill_and_restart(down),
+        }
+        let line = format!(
+            "{:>6.2}s kill -9 {which} at {acked_now} acknowledged, down {down:?}, back after {:.2}s",
+            t.as_secs_f64(),
+            (started.elapsed() - t).as_secs_f64()
+        );
+        eprintln!("{line}");
+        log.push(line);
+    }
+    while sender.acked_count.load(Ordering::SeqCst) < MESSAGES {
+        assert!(
+            Instant::now() < send_deadline,
+            "sending stalled at {} acknowledged",
+            sender.acked_count.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for t in threads {
+        t.join().expect("sender thread");
+    }
+    let sent_in = started.elapsed();
+    eprintln!(
+        "all {MESSAGES} acknowledged after {:.1}s ({} sends in doubt, {} refused and retried)",
+        sent_in.as_secs_f64(),
+        sender.in_doubt.load(Ordering::Relaxed),
+        sender.refused.load(Ordering::Relaxed)
+    );
+
+    // Every acknowledged message must reach the sink, and both queues must drain.
+    let acked: Vec<String> = {
+        let a = sender.acked.lock().unwrap();
+        (0..MESSAGES)
+            .filter(|&n| a[n])
+            .map(|n| message_id(&run, n))
+            .collect()
+    };
+    assert_eq!(acked.len(), MESSAGES);
+    let mut index = MaildirIndex {
+        dir: maildir.join("new"),
+        seen: HashMap::new(),
+    };
+    let mut last_print = Instant::now();
+    // Done when every acknowledged message is in the Maildir and neither node queues
+    // anything; the hub's shadow copies should go at the next heartbeat (see the end).
+    let mut settled_since: Option<Instant> = None;
+    let mut drained = |limit: Duration| -> Option<(HashMap<String, usize>, u64)> {
+        let end = Instant::now() + limit;
+        loop {
+            let counts = index.refresh();
+            let missing = acked.iter().filter(|id| !counts.contains_key(*id)).count();
+            let (h, e) = (queue(&hub_spool), queue(&edge_spool));
+            if missing == 0 && h.queued == 0 && e.queued == 0 {
+                let since = *settled_since.get_or_insert_with(Instant::now);
+                if h.copies == 0 || since.elapsed() > Duration::from_secs(5) {
+                    return Some((counts, h.copies));
+                }
+            } else {
+                settled_since = None;
+            }
+            if last_print.elapsed() > Duration::from_secs(5) || Instant::now() >= end {
+                eprintln!(
+                    "{:>6.1}s: {missing} not delivered yet; hub queued {} copies {}; edge queued {}",
+                    started.elapsed().as_secs_f64(),
+                    h.queued,
+                    h.copies,
+                    e.queued
+                );
+                last_print = Instant::now();
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let (counts, orphaned_copies) = match drained(Duration::from_secs(15)) {
+        Some(done) => done,
+        None => {
+            // Messages that reached the hub while the edge was down wait out the retry
+            // backoff (60 s, doubled per failed connect) even once the edge is back (see
+            // the ignored test below). A graceful restart (SIGTERM, exit 0, start on the same
+            // spool) queues them again at once.
+            eprintln!("still queued after 15 s: restarting the edge and the hub gracefully");
+            // The edge first: the hub's fresh process then finds it up.
+            edge.graceful_restart();
+            hub.graceful_restart();
+            drained(Duration::from_secs(120))
+                .expect("every acknowledged message delivered and the queues empty")
+        }
+    };
+    if orphaned_copies > 0 {
+        // Known bug (ignored test `shadow_copies_discarded_just_before_a_hub_crash_...`):
+        // the hub had dropped these copies on an XQDISCARD reply but was killed before that
+        // was synced, and the edge had already forgotten the events. Not a loss.
+        eprintln!(
+            "warning: the hub still holds {orphaned_copies} shadow copies of delivered messages 5 s after everything drained (discards lost in a hub crash)"
+        );
+    }
+
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    let mut duplicates: Vec<(&String, usize)> = acked
+        .iter()
+        .filter_map(|id| counts.get(id).filter(|&&c| c > 1).map(|&c| (id, c)))
+        .collect();
+    duplicates.sort();
+    let extra: usize = duplicates.iter().map(|(_, c)| c - 1).sum();
+    let unknown: Vec<_> = {
+        let known: HashSet<&String> = acked.iter().collect();
+        counts
+            .keys()
+            .filter(|id| !known.contains(id))
+            .cloned()
+            .collect()
+    };
+    eprintln!("kills:\n  {}", log.join("\n  "));
+    eprintln!(
+        "acknowledged {MESSAGES}, delivered {}, duplicates {extra} (of {} messages), lost {}, seconds {:.1} (sending {:.1})",
+        MESSAGES - lost.len(),
+        duplicates.len(),
+        lost.len(),
+        started.elapsed().as_secs_f64(),
+        sent_in.as_secs_f64()
+    );
+    for (id, c) in &duplicates {
+        eprintln!("  duplicate: {id} x{c}");
+    }
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(50)]
+    );
+    assert!(unknown.is_empty(), "messages nobody sent: {unknown:?}");
+
+    // What arrived is what was sent, after the trace headers.
+    let checking = Instant::now();
+    for (path, bytes) in read_files(&maildir.join("new")) {
+        let at = find(&bytes, b"Message-ID: <crash.")
+            .unwrap_or_else(|| panic!("{} has no Message-ID", path.display()));
+        let n: usize = String::from_utf8_lossy(&bytes[at..])
+            .split('.')
+            .nth(2)
+            .and_then(|n| n.split('@').next())
+            .and_then(|n| n.parse().ok())
+            .expect("message number");
+        let want = content(&run, n);
+        assert!(
+            bytes[at..] == want[..],
+            "{}: {}",
+            path.display(),
+            describe_difference(&want, &bytes[at..])
+        );
+    }
+
+    eprintln!(
+        "contents checked in {:.1}s",
+        checking.elapsed().as_secs_f64()
+    );
+    // No incarnation panicked or failed on its spool.
+    for i in 0..=edge.incarnation.max(hub.incarnation) {
+        for name in ["edge", "hub"] {
+            let text = std::fs::read_to_string(scratch.join(&format!("{name}.{i}.log")))
+                .unwrap_or_default();
+            assert!(
+                !text.contains("panicked"),
+                "{name} incarnation {i} panicked:\n{text}"
+            );
+            assert!(
+                !text.contains("the spool failed"),
+                "{name} incarnation {i}: spool failure:\n{text}"
+            );
+        }
+    }
+    eprintln!(
+        "test body done after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Minimal reproduction of what stalls the crash run when the edge is killed last: a message
+/// that reached the hub while its edge was down waits out the whole retry backoff (60 s and
+/// more), although the edge is back and newer messages go through it at once.
+#[test]
+#[ignore = "bug: a message that reached the hub while its edge was down stays queued for the whole retry backoff (60 s, doubled per failed connect) after the edge is back, while newer messages go through it at once"]
+fn a_message_queued_at_the_hub_while_the_edge_restarts_goes_out_once_the_edge_is_back() {
+    let scratch = Scratch::new("edge-blip");
+    let maildir = scratch.join("maildir");
+    let (sink, sink_addr) = start_xshadow_sink(&scratch, &maildir);
+    let opts = Arc::new(NodeOpts::default());
+    let edge_spool = scratch.join("edge-spool");
+    let o = opts.clone();
+    let es = edge_spool.clone();
+    let mut edge = Crashable::start(
+        "edge",
+        &scratch.path,
+        Box::new(move |p| edge_cmd("edge.blip.test", p, &es, sink_addr, &o)),
+    );
+    let edge_addr = edge.addr;
+    let hub_spool = scratch.join("hub-spool");
+    let (_hub, hub_addr) = start_server("hub", &scratch.join("hub.log"), Some(NODE_READY), |p| {
+        hub_cmd("hub.blip.test", p, &hub_spool, &[edge_addr], &opts)
+    });
+    let send = |n: usize| {
+        let mut smtp = Smtp::connect(hub_addr, Duration::from_secs(20)).expect("connect");
+        let reply = smtp
+            .send_message(FROM, TO, &content("blip", n))
+            .expect("send");
+        assert_eq!(reply.code, 250, "{reply:?}");
+        smtp.quit();
+    };
+    // M0 stays on the edge (its next hop is frozen), so the hub holds a copy and heartbeats.
+    sink.signal("STOP");
+    send(0);
+    wait_for(
+        "the hub's copy of M0",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || (queue(&hub_spool).copies == 1).then_some(()),
+    );
+    // The edge dies; M1 reaches the hub while it is down; the edge comes back 300 ms later.
+    let mut down_edge = edge.proc.take().expect("running");
+    down_edge.kill9();
+    send(1);
+    std::thread::sleep(Duration::from_millis(300));
+    edge.kill_and_restart(Duration::ZERO);
+    sink.signal("CONT");
+    std::thread::sleep(Duration::from_millis(1000)); // a few heartbeats: the edge is up
+    // M2 goes through at once; M1 should too.
+    send(2);
+    let mut index = MaildirIndex {
+        dir: maildir.join("new"),
+        seen: HashMap::new(),
+    };
+    wait_for(
+        "M0 and M2 delivered",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let c = index.refresh();
+            (c.contains_key(&message_id("blip", 0)) && c.contains_key(&message_id("blip", 2)))
+                .then_some(())
+        },
+    );
+    let waited = Instant::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            "M1 delivered",
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || {
+                index
+                    .refresh()
+                    .contains_key(&message_id("blip", 1))
+                    .then_some(())
+            },
+        )
+    }));
+    if result.is_err() {
+        let v = queue(&hub_spool);
+        panic!(
+            "M1 still queued at the hub {:.0}s after the edge came back, while M2 went through it:\n{}",
+            waited.elapsed().as_secs_f64() + 1.0,
+            v.text
+        );
+    }
+}
+
+/// Minimal reproduction of the copies the crash run can leave behind: the hub drops its
+/// copies on an XQDISCARD reply and sends its next command (which tells the edge the reply
+/// was read, so the edge forgets the events) before the drop is synced; killed in that window,
+/// the restarted hub has the copies again and nobody will ever report them (they stay until
+/// auto-discard, 2 days by default, or are resubmitted as duplicates if the edge goes away).
+#[test]
+fn shadow_copies_discarded_just_before_a_hub_crash_are_discarded_after_its_restart() {
+    use std::io::{Read, Seek, SeekFrom};
+    let scratch = Scratch::new("orphan-copies");
+    let maildir = scratch.join("maildir");
+    let (sink, sink_addr) = start_xshadow_sink(&scratch, &maildir);
+    let opts = Arc::new(NodeOpts::default());
+    let edge_spool = scratch.join("edge-spool");
+    let hub_spool = scratch.join("hub-spool");
+    let (_edge, edge_addr) =
+        start_server("edge", &scratch.join("edge.log"), Some(NODE_READY), |p| {
+            edge_cmd("edge.orphan.test", p, &edge_spool, sink_addr, &opts)
+        });
+    let o = opts.clone();
+    let hs = hub_spool.clone();
+    let mut hub = Crashable::start(
+        "hub",
+        &scratch.path,
+        Box::new(move |p| hub_cmd("hub.orphan.test", p, &hs, &[edge_addr], &o)),
+    );
+    const PER_ROUND: usize = 20;
+    for round in 0..8 {
+        // The edge holds PER_ROUND messages (its next hop frozen), the hub their copies.
+        sink.signal("STOP");
+        let mut smtp = Smtp::connect(hub.addr, Duration::from_secs(20)).expect("connect");
+        for n in 0..PER_ROUND {
+            let reply = smtp
+                .send_message(FROM, TO, &content("orphan", round * PER_ROUND + n))
+                .expect("send");
+            assert_eq!(reply.code, 250);
+        }
+        smtp.quit();
+        wait_for(
+            "the hub's copies",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || (queue(&hub_spool).copies == PER_ROUND as u64).then_some(()),
+        );
+        // Thaw the sink and kill the hub the moment it logs its first discard.
+        let mut log = std::fs::File::open(hub.log()).expect("hub log");
+        let mut offset = log.seek(SeekFrom::End(0)).unwrap();
+        sink.signal("CONT");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut fresh = String::new();
+            log.seek(SeekFrom::Start(offset)).unwrap();
+            offset += log.read_to_string(&mut fresh).unwrap() as u64;
+            if fresh.contains(" discarded id=") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no discard logged");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        hub.kill_and_restart(Duration::ZERO);
+        // Everything was delivered; within a few heartbeats the restarted hub must have no
+        // copy left.
+        wait_for(
+            "the edge to have delivered",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || (queue(&edge_spool).queued == 0).then_some(()),
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let h = queue(&hub_spool);
+        let e = queue(&edge_spool);
+        assert!(
+            h.copies == 0,
+            "round {round}: the restarted hub holds {} copies of delivered messages, and the edge has {} discard events for it:\nhub:\n{}edge:\n{}",
+            h.copies,
+            e.discard_events,
+            h.text,
+            e.text
+        );
+    }
+}
