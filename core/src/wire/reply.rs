@@ -729,8 +729,8 @@ fn build_reply<'b>(
         };
         let raw = raw.strip_suffix('\r').unwrap_or(raw);
         let parsed = split_line(raw.as_bytes(), line_no)?;
-        // The code and its separator are ASCII: the text starts on a char boundary.
-        let text = raw.get(raw.len() - parsed.text.len()..).unwrap_or_default();
+        // The text follows the code and its separator (both ASCII), when there is a separator.
+        let text = raw.get(4..).unwrap_or_default();
         let text = if line_no == 1 {
             code = parsed.code;
             match enhanced_prefix(text, (code / 100) as u8) {
