@@ -34,11 +34,15 @@ use crate::session::{
     ClientConfig, ClientSession, Envelope, OutboundMessage, Recipient, ServerConfig, ServerSession,
     ShadowOffer, ShadowTag,
 };
-use crate::shadow::{DiscardLedger, MessageId, ShadowConfig, ShadowQueues};
+use crate::shadow::{DiscardLedger, HeartbeatFailure, MessageId, ShadowConfig, ShadowQueues};
 use crate::store::{PrimaryFor, Record, StoreState};
 use crate::wire::params::{MailParams, RcptParams};
-use crate::wire::path::ReversePath;
+use crate::wire::path::{ForwardPath, ReversePath};
 use crate::wire::reply::{EnhancedStatus, Reply};
+
+/// Messages a session may have outstanding before the node opens another connection to the
+/// same hop (when `max_connections_per_hop` allows).
+const SESSION_DEPTH: usize = 16;
 
 /// A connection, inbound or outbound, named by the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -103,6 +107,76 @@ impl std::str::FromStr for IpNet {
     }
 }
 
+/// Next hops for the recipients of some domains.
+///
+/// A node checks its routes in order for each recipient's domain; recipients no route serves
+/// go to [`NodeConfig::next_hops`]. A message whose recipients need different routes is sent
+/// route by route: the recipients of one route first, the rest as a follow-up message that
+/// carries the discard obligation, so a shadow hears only once every recipient is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Domain patterns: `example.com` (that domain), `*.example.com` (any of its subdomains,
+    /// not itself) or `*` (any domain). Matching ignores ASCII case and a trailing dot.
+    pub domains: Vec<String>,
+    /// The next hops for those domains, in order of preference.
+    pub next_hops: Vec<String>,
+}
+
+impl Route {
+    /// True when this route serves recipients in `domain`.
+    #[must_use]
+    pub fn serves(&self, domain: &str) -> bool {
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
+        self.domains.iter().any(|pattern| {
+            let pattern = pattern.strip_suffix('.').unwrap_or(pattern);
+            if pattern == "*" {
+                return true;
+            }
+            match pattern.strip_prefix("*.") {
+                Some(parent) => {
+                    domain.len() > parent.len() + 1 && {
+                        let (sub, tail) = domain.split_at(domain.len() - parent.len());
+                        sub.ends_with('.') && tail.eq_ignore_ascii_case(parent)
+                    }
+                }
+                None => domain.eq_ignore_ascii_case(pattern),
+            }
+        })
+    }
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+
+    /// Parses `PATTERN[,PATTERN...]=HOP[,HOP...]`, such as `example.com,*.example.com=10.0.0.5:25`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (domains, hops) = s
+            .split_once('=')
+            .ok_or_else(|| format!("route {s:?} is not DOMAINS=HOPS"))?;
+        let list = |part: &str| -> Vec<String> {
+            part.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let (domains, next_hops) = (list(domains), list(hops));
+        if domains.is_empty() {
+            return Err(format!("route {s:?} names no domain"));
+        }
+        if next_hops.is_empty() {
+            return Err(format!("route {s:?} names no next hop"));
+        }
+        if let Some(bad) = domains.iter().find(|d| {
+            let d = d.strip_prefix("*.").unwrap_or(d);
+            d.is_empty() || (d != "*" && d.contains(|c: char| c == '*' || c.is_whitespace()))
+        }) {
+            return Err(format!("bad domain pattern {bad:?} in route {s:?}"));
+        }
+        Ok(Self { domains, next_hops })
+    }
+}
+
 /// How undelivered messages are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -135,8 +209,11 @@ pub struct NodeConfig {
     /// Client-side settings for sessions to next hops (`hostname` and `shadow_context` are set
     /// by the node).
     pub client: ClientConfig,
-    /// Next hops (addresses the driver can connect to), in order of preference.
+    /// Next hops (addresses the driver can connect to), in order of preference, for every
+    /// recipient no entry of `routes` serves.
     pub next_hops: Vec<String>,
+    /// Next hops for particular recipient domains, checked in order before `next_hops`.
+    pub routes: Vec<Route>,
     /// Ask next hops to be our primaries (XSHADOW) and keep shadow copies: a hub.
     pub shadow_next_hops: bool,
     /// Offer XSHADOW to senders: an edge.
@@ -158,6 +235,9 @@ pub struct NodeConfig {
     pub max_messages_per_session: usize,
     /// Most concurrent outbound message sessions per next hop.
     pub max_connections_per_hop: usize,
+    /// How long an outbound session with nothing left to send stays open for more messages
+    /// before it ends (with XQDISCARD when it is shadowed, then QUIT); zero ends it at once.
+    pub session_linger: Duration,
 }
 
 impl NodeConfig {
@@ -169,6 +249,7 @@ impl NodeConfig {
             client: ClientConfig::new(name.clone()),
             name,
             next_hops: Vec::new(),
+            routes: Vec::new(),
             shadow_next_hops: false,
             offer_shadow: false,
             shadow_peers: Vec::new(),
@@ -182,6 +263,7 @@ impl NodeConfig {
             memory_budget: 512 * 1024 * 1024,
             max_messages_per_session: 100,
             max_connections_per_hop: 4,
+            session_linger: Duration::from_secs(1),
         }
     }
 
@@ -478,6 +560,8 @@ struct Message {
     attempts: u32,
     /// A primary that failed with this message: prefer another hop.
     avoid: Option<String>,
+    /// The route it is being sent on (index into `routes`; `routes.len()` is `next_hops`).
+    route: usize,
 }
 
 #[derive(Debug)]
@@ -495,8 +579,12 @@ struct Outbound {
     hop: String,
     /// `None` until connected.
     session: Option<ClientSession>,
-    /// Messages this session carries.
+    /// Messages given to this session that it has not settled yet, in the order given.
     messages: Vec<MessageId>,
+    /// How many messages were given to this session in all.
+    carried: usize,
+    /// Since when it has had nothing to send (for `session_linger`).
+    idle_since: Option<Instant>,
     heartbeat: bool,
     database_id: Option<String>,
     discard_answered: bool,
@@ -544,6 +632,9 @@ pub struct Node {
     conns: BTreeMap<ConnId, Conn>,
     messages: HashMap<MessageId, Message>,
     queue: BTreeSet<(Instant, MessageId)>,
+    /// Entries of `queue` that wait only because no next hop of their route was up: they go
+    /// as soon as one is seen up again.
+    parked: BTreeSet<(Instant, MessageId)>,
     hops: BTreeMap<String, Hop>,
     shadow: ShadowQueues,
     ledger: DiscardLedger,
@@ -608,9 +699,11 @@ impl Node {
             conns: BTreeMap::new(),
             messages: HashMap::new(),
             queue: BTreeSet::new(),
+            parked: BTreeSet::new(),
             hops: config
                 .next_hops
                 .iter()
+                .chain(config.routes.iter().flat_map(|r| &r.next_hops))
                 .map(|h| (h.clone(), Hop::default()))
                 .collect(),
             shadow: ShadowQueues::new(config.shadow),
@@ -650,6 +743,7 @@ impl Node {
                 state: MessageState::Queued,
                 attempts: 0,
                 avoid: None,
+                route: 0,
             };
             if let Some(copy) = stored.shadow {
                 let added = node.instant_of(copy.at_ms);
@@ -803,9 +897,17 @@ impl Node {
     /// When [`Node::handle_timeout`] should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let linger = self.config.session_linger;
         let sessions = self.conns.values().filter_map(|c| match c {
             Conn::Inbound(c) => c.session.poll_timeout(),
-            Conn::Outbound(c) => c.session.as_ref().and_then(ClientSession::poll_timeout),
+            Conn::Outbound(c) => {
+                let ends = c.idle_since.and_then(|t| t.checked_add(linger));
+                let reply = c.session.as_ref().and_then(ClientSession::poll_timeout);
+                match (ends, reply) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
         });
         let queue = self.queue.first().map(|(t, _)| *t);
         let acks = self.delayed_acks.first().map(|(t, _)| *t);
@@ -1014,11 +1116,18 @@ impl Node {
                 if let Some(hop) = self.hops.get_mut(&c.hop) {
                     hop.conns.remove(&conn);
                 }
-                // Anything the session did not report is retried, never dropped.
+                // Anything the session did not report is retried, never dropped. A message
+                // that never reached the hop (no connection) goes again at once: to another
+                // hop of its route, or as soon as one is up.
+                let offered = c.session.is_some();
                 for id in c.messages {
                     if matches!(self.messages.get(&id).map(|m| &m.state), Some(MessageState::InFlight(x)) if *x == conn)
                     {
-                        self.defer(id, "connection closed");
+                        if offered {
+                            self.defer(id, "connection closed");
+                        } else {
+                            self.requeue(id, Duration::ZERO, "next hop unreachable");
+                        }
                     }
                 }
             }
@@ -1155,6 +1264,7 @@ impl Node {
                 state: MessageState::Persisting,
                 attempts: 0,
                 avoid: None,
+                route: 0,
             },
         );
     }
@@ -1217,13 +1327,15 @@ impl Node {
 
     // ---- the sending side ------------------------------------------------------------
 
-    /// Moves due messages onto next hops and opens sessions for them.
+    /// Moves due messages onto next hops, opens sessions for them, and ends sessions that
+    /// have nothing left to send.
     fn dispatch(&mut self) {
         while let Some(&(due, id)) = self.queue.first() {
             if due > self.now {
                 break;
             }
             self.queue.remove(&(due, id));
+            self.parked.remove(&(due, id));
             let Some(m) = self.messages.get(&id) else {
                 continue;
             };
@@ -1234,47 +1346,101 @@ impl Node {
                 self.fail_permanently(id, "4.4.7", "message expired: no next hop took it in time");
                 continue;
             }
-            match self.choose_hop(m.avoid.as_deref()) {
+            let route = m
+                .envelope
+                .recipients
+                .first()
+                .map_or(self.config.routes.len(), |r| self.route_of(&r.to));
+            match self.choose_hop(route, m.avoid.as_deref()) {
                 Ok(hop) => {
+                    if let Some(m) = self.messages.get_mut(&id) {
+                        m.route = route;
+                    }
                     if let Some(h) = self.hops.get_mut(&hop) {
                         h.backlog.push_back(id);
                     }
                 }
                 Err(Some(retry_at)) => {
                     self.queue.insert((retry_at, id));
+                    self.parked.insert((retry_at, id));
                 }
                 Err(None) => {
-                    self.fail_permanently(id, "5.4.4", "no next hop is configured");
+                    self.fail_permanently(id, "5.4.4", "no next hop serves the recipient's domain");
                 }
             }
         }
-        let hops: Vec<String> = self.hops.keys().cloned().collect();
+        let hops: Vec<String> = self
+            .hops
+            .iter()
+            .filter(|(_, h)| !h.backlog.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
         for hop in hops {
             self.fill_hop(&hop);
         }
+        self.end_idle_sessions();
     }
 
-    /// The first next hop that is up, preferring one other than `avoid`; else when one is
-    /// up again (`Err(Some)`), or `Err(None)` without any.
-    fn choose_hop(&self, avoid: Option<&str>) -> Result<String, Option<Instant>> {
+    /// The route serving `to` (an index into `routes`; `routes.len()` means `next_hops`).
+    fn route_of(&self, to: &ForwardPath<'_>) -> usize {
+        let routes = &self.config.routes;
+        match to {
+            ForwardPath::Mailbox(m) if !routes.is_empty() => routes
+                .iter()
+                .position(|r| r.serves(&m.domain))
+                .unwrap_or(routes.len()),
+            _ => routes.len(),
+        }
+    }
+
+    /// The next hops of a route, in order of preference.
+    fn route_hops(&self, route: usize) -> &[String] {
+        self.config
+            .routes
+            .get(route)
+            .map_or(&self.config.next_hops, |r| &r.next_hops)
+    }
+
+    /// The positions in `m`'s envelope of the recipients its current route serves (the ones a
+    /// session sends), or `None` when that is all of them.
+    fn sent_recipients(&self, m: &Message) -> Option<Vec<usize>> {
+        if self.config.routes.is_empty() {
+            return None;
+        }
+        let all = &m.envelope.recipients;
+        let served: Vec<usize> = (0..all.len())
+            .filter(|&i| self.route_of(&all[i].to) == m.route)
+            .collect();
+        (served.len() < all.len()).then_some(served)
+    }
+
+    /// The first next hop of `route` that is up, preferring one other than `avoid`; else when
+    /// one is up again (`Err(Some)`), or `Err(None)` when the route has none.
+    fn choose_hop(&self, route: usize, avoid: Option<&str>) -> Result<String, Option<Instant>> {
         let up = |name: &String| {
             self.hops
                 .get(name)
                 .is_some_and(|h| h.down_until.is_none_or(|t| t <= self.now))
         };
-        let order = self.config.next_hops.iter();
-        if let Some(hop) = order.clone().find(|h| up(h) && Some(h.as_str()) != avoid) {
+        let hops = self.route_hops(route);
+        if let Some(hop) = hops.iter().find(|h| up(h) && Some(h.as_str()) != avoid) {
             return Ok(hop.clone());
         }
-        if let Some(hop) = order.clone().find(|h| up(h)) {
+        if let Some(hop) = hops.iter().find(|h| up(h)) {
             return Ok(hop.clone());
         }
-        Err(self.hops.values().filter_map(|h| h.down_until).min())
+        Err(hops
+            .iter()
+            .filter_map(|h| self.hops.get(h).and_then(|h| h.down_until))
+            .min())
     }
 
-    /// Gives a hop's backlog to sessions: ones still connecting take more, new ones open
-    /// while the hop has room.
+    /// Gives a hop's backlog to its sessions: each message to the open session with the fewest
+    /// messages outstanding; a new session opens while every open one has `SESSION_DEPTH` or
+    /// more and the hop has room for another connection.
     fn fill_hop(&mut self, hop: &str) {
+        let max_msgs = self.config.max_messages_per_session.max(1);
+        let max_conns = self.config.max_connections_per_hop.max(1);
         loop {
             let Some(h) = self.hops.get(hop) else {
                 return;
@@ -1282,35 +1448,135 @@ impl Node {
             if h.backlog.is_empty() {
                 return;
             }
-            let max_msgs = self.config.max_messages_per_session.max(1);
-            let connecting = h.conns.iter().copied().find(|c| {
-                matches!(self.conns.get(c), Some(Conn::Outbound(o)) if o.session.is_none() && !o.heartbeat && o.messages.len() < max_msgs)
-            });
-            let conn = match connecting {
-                Some(conn) => conn,
-                None => {
-                    let busy = h.conns.iter().filter(|c| matches!(self.conns.get(c), Some(Conn::Outbound(o)) if !o.heartbeat)).count();
-                    if busy >= self.config.max_connections_per_hop.max(1) {
-                        return;
-                    }
-                    self.open_session(hop, false)
-                }
-            };
-            let Some(h) = self.hops.get_mut(hop) else {
-                return;
-            };
-            let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn) else {
-                return;
-            };
-            while o.messages.len() < max_msgs {
-                let Some(id) = h.backlog.pop_front() else {
-                    break;
+            let mut best: Option<(usize, ConnId)> = None;
+            let mut sessions = 0;
+            for &c in &h.conns {
+                let Some(Conn::Outbound(o)) = self.conns.get(&c) else {
+                    continue;
                 };
-                if let Some(m) = self.messages.get_mut(&id) {
-                    m.state = MessageState::InFlight(conn);
-                    o.messages.push(id);
+                if o.heartbeat {
+                    continue;
+                }
+                sessions += 1;
+                let open = o
+                    .session
+                    .as_ref()
+                    .is_none_or(ClientSession::accepts_messages);
+                if open && o.carried < max_msgs && best.is_none_or(|(n, _)| o.messages.len() < n) {
+                    best = Some((o.messages.len(), c));
                 }
             }
+            let may_open = sessions < max_conns;
+            let (conn, room) = match best {
+                Some((n, c)) if n < SESSION_DEPTH => (c, SESSION_DEPTH - n),
+                Some((_, c)) if !may_open => (c, usize::MAX),
+                _ if may_open => (self.open_session(hop, false), SESSION_DEPTH),
+                _ => return,
+            };
+            let mut given = Vec::new();
+            if let (Some(h), Some(Conn::Outbound(o))) =
+                (self.hops.get_mut(hop), self.conns.get_mut(&conn))
+            {
+                let room = room.min(max_msgs - o.carried);
+                while given.len() < room {
+                    let Some(id) = h.backlog.pop_front() else {
+                        break;
+                    };
+                    if let Some(m) = self.messages.get_mut(&id) {
+                        m.state = MessageState::InFlight(conn);
+                        o.messages.push(id);
+                        o.carried += 1;
+                        o.idle_since = None;
+                        given.push(id);
+                    }
+                }
+            }
+            if given.is_empty() {
+                return;
+            }
+            let connected =
+                matches!(self.conns.get(&conn), Some(Conn::Outbound(o)) if o.session.is_some());
+            if connected {
+                for id in given {
+                    self.offer(conn, id);
+                }
+                self.pump(conn);
+            }
+        }
+    }
+
+    /// Hands one message to a connected session (with a fresh `XSHADOW=` id when we shadow).
+    fn offer(&mut self, conn: ConnId, id: MessageId) {
+        let now = self.now;
+        let shadow_id = self.config.shadow_next_hops.then(|| self.new_shadow_id());
+        let Some(m) = self.messages.get(&id) else {
+            return;
+        };
+        let envelope = match self.sent_recipients(m) {
+            None => m.envelope.clone(),
+            Some(served) => Envelope {
+                from: m.envelope.from.clone(),
+                params: m.envelope.params.clone(),
+                recipients: served
+                    .iter()
+                    .map(|&i| m.envelope.recipients[i].clone())
+                    .collect(),
+            },
+        };
+        let msg = OutboundMessage {
+            id: id.0,
+            envelope,
+            body: m.body.clone(),
+            shadow_id,
+        };
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.attempts += 1;
+        }
+        if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn)
+            && let Some(s) = o.session.as_mut()
+            && s.queue_message(msg, now).is_err()
+        {
+            // The session is ending after all: the message goes back to the queue.
+            if let Some(i) = o.messages.iter().position(|x| *x == id) {
+                o.messages.remove(i);
+            }
+            self.requeue(id, Duration::ZERO, "session ending");
+        }
+    }
+
+    /// Ends message sessions that have nothing left to send: at once, or after
+    /// `session_linger` without new work. Heartbeat sessions end as soon as they connect.
+    fn end_idle_sessions(&mut self) {
+        let now = self.now;
+        let linger = self.config.session_linger;
+        let max_msgs = self.config.max_messages_per_session.max(1);
+        let mut ending = Vec::new();
+        for h in self.hops.values() {
+            for conn in &h.conns {
+                let Some(Conn::Outbound(o)) = self.conns.get_mut(conn) else {
+                    continue;
+                };
+                let Some(s) = o.session.as_ref() else {
+                    continue;
+                };
+                if o.heartbeat || !o.messages.is_empty() || !s.accepts_messages() {
+                    continue;
+                }
+                let since = *o.idle_since.get_or_insert(now);
+                let full = o.carried >= max_msgs;
+                if full || since.checked_add(linger).is_none_or(|t| t <= now) {
+                    ending.push(*conn);
+                }
+            }
+        }
+        for conn in ending {
+            if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn)
+                && let Some(s) = o.session.as_mut()
+            {
+                o.idle_since = None;
+                let _ = s.finish(self.config.shadow_next_hops, now);
+            }
+            self.pump(conn);
         }
     }
 
@@ -1322,6 +1588,8 @@ impl Node {
                 hop: hop.to_owned(),
                 session: None,
                 messages: Vec::new(),
+                carried: 0,
+                idle_since: None,
                 heartbeat,
                 database_id: None,
                 discard_answered: false,
@@ -1345,11 +1613,11 @@ impl Node {
         let mut config = self.config.client.clone();
         config.hostname = self.config.name.clone();
         config.shadow_context = self.config.shadow_next_hops.then(|| self.context.clone());
-        let ids = match self.conns.get(&conn) {
-            Some(Conn::Outbound(o)) if o.session.is_none() => o.messages.clone(),
+        let (ids, heartbeat) = match self.conns.get(&conn) {
+            Some(Conn::Outbound(o)) if o.session.is_none() => (o.messages.clone(), o.heartbeat),
             _ => return,
         };
-        let mut session = match ClientSession::new(config, now) {
+        let session = match ClientSession::new(config, now) {
             Ok(s) => s,
             Err(_) => {
                 // A configuration the client refuses cannot send anything: treat as a failed
@@ -1357,23 +1625,19 @@ impl Node {
                 return self.connect_failed(conn);
             }
         };
-        for id in ids {
-            let shadow_id = self.config.shadow_next_hops.then(|| self.new_shadow_id());
-            if let Some(m) = self.messages.get_mut(&id) {
-                m.attempts += 1;
-                let msg = OutboundMessage {
-                    id: id.0,
-                    envelope: m.envelope.clone(),
-                    body: m.body.clone(),
-                    shadow_id,
-                };
-                let _ = session.queue_message(msg, now);
-            }
-        }
-        let _ = session.finish(self.config.shadow_next_hops, now);
         if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn) {
             o.session = Some(session);
         }
+        for id in ids {
+            self.offer(conn, id);
+        }
+        if heartbeat
+            && let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn)
+            && let Some(s) = o.session.as_mut()
+        {
+            let _ = s.finish(true, now);
+        }
+        // A message session ends once it has nothing left (`end_idle_sessions`).
         self.pump(conn);
     }
 
@@ -1404,24 +1668,38 @@ impl Node {
         }
     }
 
+    /// `hop` answered EHLO: it is up. Messages that were waiting for a hop of their route to
+    /// come back go at once.
     fn hop_succeeded(&mut self, hop: &str) {
-        if let Some(h) = self.hops.get_mut(hop) {
-            h.failures = 0;
-            h.down_until = None;
+        let Some(h) = self.hops.get_mut(hop) else {
+            return;
+        };
+        let was_down = h.failures > 0 || h.down_until.is_some();
+        h.failures = 0;
+        h.down_until = None;
+        if was_down {
+            let now = self.now;
+            for entry in std::mem::take(&mut self.parked) {
+                self.queue.remove(&entry);
+                self.queue.insert((now, entry.1));
+            }
         }
     }
 
+    /// A contact with `hop` failed: counts as a failed heartbeat only when one was due (or in
+    /// flight), and resubmits its copies once the threshold is reached.
     fn heartbeat_failed(&mut self, hop: &str) {
-        if !self.shadow.holds_copies(hop) {
-            return;
-        }
-        let resubmit = self.shadow.heartbeat_failed(hop, self.now);
+        let (failures, copies) = match self.shadow.heartbeat_failed(hop, self.now) {
+            HeartbeatFailure::Ignored => return,
+            HeartbeatFailure::Counted { failures } => (failures, Vec::new()),
+            HeartbeatFailure::Resubmit { failures, copies } => (failures, copies),
+        };
         self.outputs
             .push_back(Output::Event(NodeEvent::HeartbeatFailed {
                 primary: hop.to_owned(),
-                failures: self.shadow.failures(hop),
+                failures,
             }));
-        self.resubmit(hop, resubmit, ResubmitReason::PrimaryUnreachable);
+        self.resubmit(hop, copies, ResubmitReason::PrimaryUnreachable);
     }
 
     fn client_event(&mut self, conn: ConnId, event: ClientEvent) {
@@ -1465,7 +1743,18 @@ impl Node {
                 );
             }
             ClientEvent::MessageDeferred { id, failure, .. } => {
-                self.defer(MessageId(id), &format!("{failure:?}"));
+                // The session failed, not the message: the first time, it goes again at once
+                // (to another hop while this one is down); after that with the usual backoff,
+                // so a message that breaks every session cannot keep a hop busy.
+                let id = MessageId(id);
+                let why = format!("{failure:?}");
+                match self.messages.get_mut(&id) {
+                    Some(m) if m.attempts <= 1 && matches!(m.state, MessageState::InFlight(_)) => {
+                        m.avoid = Some(hop);
+                        self.requeue(id, Duration::ZERO, &why);
+                    }
+                    _ => self.defer(id, &why),
+                }
             }
             ClientEvent::DiscardIds { ids, more_possible } => {
                 o.discard_answered = true;
@@ -1532,6 +1821,12 @@ impl Node {
         if !matches!(m.state, MessageState::InFlight(_)) {
             return;
         }
+        // Recipients of other routes were not sent: they travel on like retried ones.
+        let sent = self.sent_recipients(m);
+        self.land(id);
+        let Some(m) = self.messages.get(&id) else {
+            return;
+        };
         #[derive(Clone)]
         enum Verdict {
             Taken,
@@ -1545,18 +1840,25 @@ impl Node {
                 diagnostic: reply.to_string().trim_end().to_owned(),
             })
         };
+        let was_sent = |i: usize| sent.as_ref().is_none_or(|s| s.binary_search(&i).is_ok());
         let mut verdicts: Vec<Verdict> = m
             .envelope
             .recipients
             .iter()
-            .map(|r| match whole {
+            .enumerate()
+            .map(|(i, r)| match whole {
+                _ if !was_sent(i) => Verdict::Retry,
                 None => Verdict::Taken,
                 Some((reply, true)) => failed(&r.to, reply),
                 Some((_, false)) => Verdict::Retry,
             })
             .collect();
         for r in &refused {
-            if let Some(v) = verdicts.get_mut(r.index) {
+            let index = match &sent {
+                None => Some(r.index),
+                Some(s) => s.get(r.index).copied(),
+            };
+            if let Some(v) = index.and_then(|i| verdicts.get_mut(i)) {
                 *v = if r.permanent {
                     failed(&r.to, &r.reply)
                 } else {
@@ -1665,20 +1967,29 @@ impl Node {
 
     /// Try again later, with exponential backoff; bounce once the lifetime is over.
     fn defer(&mut self, id: MessageId, why: &str) {
-        let Some(m) = self.messages.get_mut(&id) else {
+        let Some(m) = self.messages.get(&id) else {
             return;
         };
-        if !matches!(m.state, MessageState::InFlight(_)) {
-            return;
-        }
-        m.state = MessageState::Queued;
-        let exp = m.attempts.saturating_sub(1).min(20);
+        let exp = m.attempts.saturating_sub(1).min(16);
         let delay = self
             .config
             .retry
             .first
-            .saturating_mul(1u32 << exp.min(16))
+            .saturating_mul(1u32 << exp)
             .min(self.config.retry.max);
+        self.requeue(id, delay, why);
+    }
+
+    /// A message in flight goes back to the queue, due after `delay`.
+    fn requeue(&mut self, id: MessageId, delay: Duration, why: &str) {
+        match self.messages.get(&id) {
+            Some(m) if matches!(m.state, MessageState::InFlight(_)) => {}
+            _ => return,
+        }
+        self.land(id);
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.state = MessageState::Queued;
+        }
         self.queue.insert((self.now + delay, id));
         self.outputs.push_back(Output::Event(NodeEvent::Deferred {
             id,
@@ -1687,6 +1998,18 @@ impl Node {
         }));
         // The next hop is in retry: a held-back acknowledgement goes out now (PROTOCOL.md §8).
         self.release_ack(id);
+    }
+
+    /// A message in flight leaves its session's list of outstanding messages.
+    fn land(&mut self, id: MessageId) {
+        let Some(MessageState::InFlight(conn)) = self.messages.get(&id).map(|m| &m.state) else {
+            return;
+        };
+        if let Some(Conn::Outbound(o)) = self.conns.get_mut(conn)
+            && let Some(i) = o.messages.iter().position(|x| *x == id)
+        {
+            o.messages.remove(i);
+        }
     }
 
     /// The message failed for good without a next hop's verdict (expired, no route): bounce
@@ -1784,4 +2107,42 @@ fn enhanced_text(reply: &Reply<'_>, fallback: &str) -> String {
     reply
         .enhanced
         .map_or_else(|| fallback.to_owned(), |s| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_serves_its_domain_its_subdomains_or_everything_as_its_patterns_say() {
+        let route: Route = "example.com, *.corp.example=mx1:25,mx2:25".parse().unwrap();
+        assert_eq!(route.next_hops, ["mx1:25", "mx2:25"]);
+        assert!(route.serves("example.com"));
+        assert!(route.serves("EXAMPLE.com."));
+        assert!(!route.serves("sub.example.com"), "a bare domain is exact");
+        assert!(route.serves("a.corp.example"));
+        assert!(route.serves("x.y.CORP.example"));
+        assert!(
+            !route.serves("corp.example"),
+            "a wildcard is for subdomains only"
+        );
+        assert!(!route.serves("evilcorp.example"));
+        assert!(!route.serves("[192.0.2.1]"));
+        let any: Route = "*=smarthost:587".parse().unwrap();
+        assert!(any.serves("anything.test") && any.serves("[192.0.2.1]"));
+    }
+
+    #[test]
+    fn a_malformed_route_is_refused_with_a_reason() {
+        for (text, why) in [
+            ("example.com", "not DOMAINS=HOPS"),
+            ("=mx:25", "names no domain"),
+            ("example.com=", "names no next hop"),
+            ("ex*ample.com=mx:25", "bad domain pattern"),
+            ("*.=mx:25", "bad domain pattern"),
+        ] {
+            let err = text.parse::<Route>().unwrap_err();
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
+    }
 }

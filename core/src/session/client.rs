@@ -797,6 +797,13 @@ impl ClientSession {
         self.events.pop_front()
     }
 
+    /// True while [`ClientSession::queue_message`] would take another message (not finished,
+    /// not ending or closed).
+    #[must_use]
+    pub fn accepts_messages(&self) -> bool {
+        self.check_open("accepts_messages").is_ok()
+    }
+
     /// True once the session is over: close the connection after the last `poll_transmit`.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)

@@ -18,7 +18,7 @@ pub mod ledger;
 pub mod queues;
 
 pub use ledger::DiscardLedger;
-pub use queues::{Discarded, HeldCopy, ShadowConfig, ShadowQueues};
+pub use queues::{Discarded, HeartbeatFailure, HeldCopy, ShadowConfig, ShadowQueues};
 
 use std::borrow::Cow;
 

@@ -87,6 +87,36 @@ pub struct Discarded {
     pub unknown: usize,
 }
 
+/// What a failed contact did to a primary's heartbeat (see [`ShadowQueues::heartbeat_failed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "copies of a primary given up on must be resubmitted"]
+pub enum HeartbeatFailure {
+    /// No heartbeat of that primary was due or in flight (or it holds no copies): not counted.
+    Ignored,
+    /// Counted: this many consecutive failures, still below the resubmission threshold.
+    Counted {
+        /// Consecutive failed heartbeats so far.
+        failures: u64,
+    },
+    /// The threshold is reached: the primary's copies, removed, to be resubmitted.
+    Resubmit {
+        /// Consecutive failed heartbeats, the last of which reached the threshold.
+        failures: u64,
+        /// The messages whose copies were held for the primary, oldest first.
+        copies: Vec<MessageId>,
+    },
+}
+
+impl HeartbeatFailure {
+    /// The copies to resubmit (empty unless the threshold was reached).
+    pub fn into_copies(self) -> Vec<MessageId> {
+        match self {
+            Self::Resubmit { copies, .. } => copies,
+            Self::Ignored | Self::Counted { .. } => Vec::new(),
+        }
+    }
+}
+
 /// One copy held in a shadow queue, as seen by introspection (the `queue` CLI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeldCopy<'a> {
@@ -355,31 +385,35 @@ impl ShadowQueues {
         };
     }
 
-    /// A heartbeat of `primary` failed; returns (and removes) all its copies when this failure reaches the threshold.
+    /// A heartbeat of `primary` failed; says whether it counted, and hands back (removed) all
+    /// its copies when this failure reaches the threshold.
     ///
     /// Counts only when a heartbeat of `primary` is in flight or due at `now`; otherwise it is
-    /// ignored (returns nothing). The next heartbeat falls due one interval after the failed
-    /// slot (or after `now`, if that is already past). After a resubmission the failure count
-    /// starts again from zero.
-    #[must_use = "copies of a primary given up on must be resubmitted"]
-    pub fn heartbeat_failed(&mut self, primary: &str, now: Instant) -> Vec<MessageId> {
+    /// [`HeartbeatFailure::Ignored`]. The next heartbeat falls due one interval after the
+    /// failed slot (or after `now`, if that is already past). After a resubmission the failure
+    /// count starts again from zero.
+    pub fn heartbeat_failed(&mut self, primary: &str, now: Instant) -> HeartbeatFailure {
         let interval = self.config.heartbeat_interval;
         let Some(queue) = self.primaries.get_mut(primary) else {
-            return Vec::new();
+            return HeartbeatFailure::Ignored;
         };
         let Some(slot) = queue.outstanding_slot(now) else {
-            return Vec::new();
+            return HeartbeatFailure::Ignored;
         };
         queue.failures = queue.failures.saturating_add(1);
-        if queue.failures >= self.threshold {
-            return queue.take_all();
+        let failures = queue.failures;
+        if failures >= self.threshold {
+            return HeartbeatFailure::Resubmit {
+                failures,
+                copies: queue.take_all(),
+            };
         }
         let next = match slot.checked_add(interval) {
             Some(next) if next > now => Some(next),
             _ => now.checked_add(interval),
         };
         queue.heartbeat = Heartbeat::Waiting(next);
-        Vec::new()
+        HeartbeatFailure::Counted { failures }
     }
 
     /// `primary` broke the protocol (PROTOCOL.md §3, §5): returns (and removes) all its copies for resubmission.
@@ -590,7 +624,7 @@ mod tests {
             let due = queues.poll_timeout().expect("a heartbeat is pending");
             assert_eq!(queues.poll_heartbeat(due).as_deref(), Some(primary));
             let failures_before = queues.failures(primary);
-            let resubmit = queues.heartbeat_failed(primary, due + delay);
+            let resubmit = queues.heartbeat_failed(primary, due + delay).into_copies();
             if !resubmit.is_empty() {
                 return (resubmit, due + delay, failures_before + 1);
             }
@@ -767,7 +801,10 @@ mod tests {
             t += mins(2);
             assert_eq!(queues.poll_timeout(), Some(t));
             assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
-            assert!(queues.heartbeat_failed(EDGE, t).is_empty());
+            assert_eq!(
+                queues.heartbeat_failed(EDGE, t),
+                HeartbeatFailure::Counted { failures: n }
+            );
             assert_eq!(queues.failures(EDGE), n);
         }
         assert_eq!(queues.copies(EDGE), 2);
@@ -775,7 +812,10 @@ mod tests {
         assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
         assert_eq!(
             queues.heartbeat_failed(EDGE, t),
-            [MessageId(1), MessageId(2)]
+            HeartbeatFailure::Resubmit {
+                failures: 90,
+                copies: vec![MessageId(1), MessageId(2)]
+            }
         );
         assert_eq!(t - t0, Duration::from_secs(3 * 60 * 60));
         assert_eq!(queues.copies(EDGE), 0);
@@ -791,7 +831,7 @@ mod tests {
         for _ in 0..89 {
             t += mins(2);
             assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
-            assert!(queues.heartbeat_failed(EDGE, t).is_empty());
+            assert!(queues.heartbeat_failed(EDGE, t).into_copies().is_empty());
         }
         t += mins(2);
         assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
@@ -801,12 +841,15 @@ mod tests {
         for _ in 0..89 {
             t += mins(2);
             assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
-            assert!(queues.heartbeat_failed(EDGE, t).is_empty());
+            assert!(queues.heartbeat_failed(EDGE, t).into_copies().is_empty());
         }
         assert_eq!(queues.copies(EDGE), 1);
         t += mins(2);
         assert_eq!(queues.poll_heartbeat(t).as_deref(), Some(EDGE));
-        assert_eq!(queues.heartbeat_failed(EDGE, t), [MessageId(1)]);
+        assert_eq!(
+            queues.heartbeat_failed(EDGE, t).into_copies(),
+            [MessageId(1)]
+        );
     }
 
     #[test]
@@ -915,17 +958,26 @@ mod tests {
         let t0 = Instant::now();
         let mut queues = with_copies(small_config(), 1, t0);
         for s in 0..100 {
-            let resubmit = queues.heartbeat_failed(EDGE, t0 + Duration::from_secs(s));
-            assert!(resubmit.is_empty());
+            let outcome = queues.heartbeat_failed(EDGE, t0 + Duration::from_secs(s));
+            assert_eq!(outcome, HeartbeatFailure::Ignored);
         }
         assert_eq!(queues.failures(EDGE), 0);
         // Once due, a failure counts even if the heartbeat was not polled first, but only once per slot.
         let due = t0 + mins(2);
-        assert!(queues.heartbeat_failed(EDGE, due).is_empty());
-        assert!(queues.heartbeat_failed(EDGE, due).is_empty());
+        assert_eq!(
+            queues.heartbeat_failed(EDGE, due),
+            HeartbeatFailure::Counted { failures: 1 }
+        );
+        assert_eq!(
+            queues.heartbeat_failed(EDGE, due),
+            HeartbeatFailure::Ignored
+        );
         assert_eq!(queues.failures(EDGE), 1);
         assert_eq!(queues.next_heartbeat(EDGE), Some(due + mins(2)));
-        assert!(queues.heartbeat_failed("nobody", due).is_empty());
+        assert_eq!(
+            queues.heartbeat_failed("nobody", due),
+            HeartbeatFailure::Ignored
+        );
     }
 
     #[test]
@@ -934,7 +986,10 @@ mod tests {
         let mut queues = with_copies(small_config(), 1, t0);
         let due = t0 + mins(2);
         assert_eq!(queues.poll_heartbeat(due).as_deref(), Some(EDGE));
-        assert!(queues.heartbeat_failed(EDGE, due + mins(5)).is_empty());
+        assert_eq!(
+            queues.heartbeat_failed(EDGE, due + mins(5)),
+            HeartbeatFailure::Counted { failures: 1 }
+        );
         assert_eq!(queues.next_heartbeat(EDGE), Some(due + mins(7)));
     }
 
@@ -1103,7 +1158,7 @@ mod tests {
         assert_eq!(queues.poll_heartbeat(t0 + mins(1_000_000)), None);
         assert!(queues.expire(t0 + mins(1_000_000)).is_empty());
         queues.heartbeat_succeeded(EDGE, t0);
-        assert!(queues.heartbeat_failed(EDGE, t0).is_empty());
+        assert!(queues.heartbeat_failed(EDGE, t0).into_copies().is_empty());
         assert_eq!(config.failure_threshold(), 1);
     }
 }

@@ -474,16 +474,22 @@ pub fn envelope(to: &str) -> Envelope {
     envelope_to(&[to])
 }
 
-/// From alice@example.org to each `local@example.net`.
+/// From alice@example.org to each `local@example.net` (or to `local@domain` as given).
 pub fn envelope_to<S: AsRef<str>>(to: &[S]) -> Envelope {
     Envelope {
         from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
         params: MailParams::default(),
         recipients: to
             .iter()
-            .map(|to| Recipient {
-                to: ForwardPath::Mailbox(Mailbox::new(to.as_ref().to_owned(), "example.net")),
-                params: RcptParams::default(),
+            .map(|to| {
+                let (local, domain) = to
+                    .as_ref()
+                    .split_once('@')
+                    .unwrap_or((to.as_ref(), "example.net"));
+                Recipient {
+                    to: ForwardPath::Mailbox(Mailbox::new(local.to_owned(), domain.to_owned())),
+                    params: RcptParams::default(),
+                }
             })
             .collect(),
     }
