@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use xshadow::runtime::{AnyNode, NodeSettings, Runtime};
 use xshadow::{demo, send, sink};
-use xshadow_core::node::{IpNet, NodeConfig};
+use xshadow_core::node::{IpNet, NodeConfig, Route};
 
 #[derive(Parser)]
 #[command(
@@ -28,16 +28,18 @@ enum Command {
     Edge {
         #[command(flatten)]
         node: NodeArgs,
-        /// Next hop (smart host or final destination), host:port; repeat for failover.
-        #[arg(long = "relay", required = true)]
+        /// Next hop (smart host or final destination), host:port; repeat for failover. Needed
+        /// unless every recipient domain has a `--route`.
+        #[arg(long = "relay", required_unless_present = "routes")]
         relays: Vec<String>,
     },
     /// Run a hub: relays through its edges and keeps shadow copies until they report.
     Hub {
         #[command(flatten)]
         node: NodeArgs,
-        /// An edge, host:port; repeat for more.
-        #[arg(long = "edge", required = true)]
+        /// An edge, host:port; repeat for more. Needed unless every recipient domain has a
+        /// `--route`.
+        #[arg(long = "edge", required_unless_present = "routes")]
         edges: Vec<String>,
     },
     /// Run a final destination that writes every message to a Maildir.
@@ -122,12 +124,33 @@ struct NodeArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 36_700_160)]
     max_message_size: u64,
+    /// Next hops for some recipient domains, checked in order before the default ones:
+    /// `DOMAIN[,DOMAIN...]=HOST:PORT[,HOST:PORT...]`; `*.example.com` matches its subdomains,
+    /// `*` any domain. Repeat for more routes.
+    #[arg(long = "route", value_name = "DOMAINS=HOPS", value_parser = parse_route)]
+    routes: Vec<Route>,
+    /// First retry delay of an undelivered message (doubles per attempt).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    retry_first: Duration,
+    /// Longest delay between retries of an undelivered message.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    retry_max: Duration,
+    /// Age after which an undelivered message bounces.
+    #[arg(long, default_value = "2d", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+    /// How long an idle outbound session stays open for more messages (0s: end at once).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    session_linger: Duration,
     /// Which runtime the node runs on.
     #[arg(long, value_enum, default_value_t)]
     runtime: Runtime,
 }
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse()
+}
+
+fn parse_route(s: &str) -> Result<Route, String> {
     s.parse()
 }
 
@@ -141,6 +164,11 @@ impl NodeArgs {
         c.shadow.auto_discard = self.auto_discard;
         c.max_ack_delay = self.max_ack_delay;
         c.server.max_message_size = self.max_message_size;
+        c.routes = self.routes.clone();
+        c.retry.first = self.retry_first;
+        c.retry.max = self.retry_max.max(self.retry_first);
+        c.retry.lifetime = self.lifetime;
+        c.session_linger = self.session_linger;
         c
     }
 }
