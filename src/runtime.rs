@@ -4,10 +4,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use xshadow_core::node::{NodeConfig, NodeStats};
+use xshadow_core::node::NodeStats;
 
 /// A runtime binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -31,33 +29,8 @@ impl std::fmt::Display for Runtime {
     }
 }
 
-/// How to run a node, whatever the runtime.
-#[derive(Debug, Clone)]
-pub struct NodeSettings {
-    /// The node's configuration.
-    pub node: NodeConfig,
-    /// Where to listen.
-    pub listen: SocketAddr,
-    /// The spool directory.
-    pub spool: PathBuf,
-    /// Grace period of a stop.
-    pub grace: Duration,
-    /// Outbound connect timeout.
-    pub connect_timeout: Duration,
-}
-
-impl NodeSettings {
-    /// Settings with a 10 s grace period and a 30 s connect timeout.
-    pub fn new(node: NodeConfig, listen: SocketAddr, spool: PathBuf) -> Self {
-        Self {
-            node,
-            listen,
-            spool,
-            grace: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(30),
-        }
-    }
-}
+/// How to run a node, whatever the runtime: the settings every binding takes.
+pub use xshadow_spool::binding::Settings as NodeSettings;
 
 /// A running node on one of the bindings.
 pub enum AnyNode {
@@ -85,26 +58,14 @@ impl AnyNode {
     /// own threads).
     pub async fn start(runtime: Runtime, s: NodeSettings) -> io::Result<Self> {
         match runtime {
-            Runtime::Tokio => {
-                let mut t = xshadow_tokio::Settings::new(s.node, s.listen, s.spool);
-                (t.grace, t.connect_timeout) = (s.grace, s.connect_timeout);
-                Ok(Self::Tokio(xshadow_tokio::start(t).await?))
-            }
+            Runtime::Tokio => Ok(Self::Tokio(xshadow_tokio::start(s).await?)),
             #[cfg(feature = "async-std")]
-            Runtime::AsyncStd => {
-                let mut a = xshadow_async_std::Settings::new(s.node, s.listen, s.spool);
-                (a.grace, a.connect_timeout) = (s.grace, s.connect_timeout);
-                Ok(Self::AsyncStd(xshadow_async_std::start(a).await?))
-            }
+            Runtime::AsyncStd => Ok(Self::AsyncStd(xshadow_async_std::start(s).await?)),
             #[cfg(feature = "mio")]
-            Runtime::Mio => {
-                let mut m = xshadow_mio::Settings::new(s.node, s.listen, s.spool);
-                (m.grace, m.connect_timeout) = (s.grace, s.connect_timeout);
-                tokio::task::spawn_blocking(move || xshadow_mio::start(m))
-                    .await
-                    .map_err(io::Error::other)?
-                    .map(Self::Mio)
-            }
+            Runtime::Mio => tokio::task::spawn_blocking(move || xshadow_mio::start(s))
+                .await
+                .map_err(io::Error::other)?
+                .map(Self::Mio),
             #[allow(unreachable_patterns)]
             other => Err(not_built(other)),
         }

@@ -11,6 +11,10 @@
 //! decision is the core's. One task owns the node and follows the drain rule literally; one
 //! task per connection moves bytes between the socket and the node.
 //!
+//! [`Settings`] is the type every binding takes (from [`xshadow_spool::binding`]): its
+//! `on_event` hook sees each of the node's events in order, and its `seed` fixes the ids the
+//! node makes (tests); by default the seed comes from the operating system.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use xshadow_core::node::NodeConfig;
@@ -32,8 +36,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use async_global_executor::{Task, spawn, spawn_blocking};
@@ -41,41 +44,15 @@ use async_io::Timer;
 use async_net::{TcpListener, TcpStream};
 use futures_lite::future::pending;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
-use xshadow_core::node::{ConnId, Input, Node, NodeConfig, NodeStats, Output};
+use xshadow_core::node::{ConnId, Input, Node, NodeStats, Output};
 use xshadow_core::session::Envelope;
 use xshadow_core::shadow::MessageId;
-use xshadow_spool::{Completion, Completions, Spool, SpoolHandle, SpoolOptions};
+pub use xshadow_spool::binding::{EventHook, Settings};
+use xshadow_spool::binding::{open_node, spool_failed, stopped};
+use xshadow_spool::{Completion, Completions, SpoolHandle};
 
 /// How long a connection task waits for its peer's close after the node closed it.
 const LINGER: Duration = Duration::from_millis(50);
-
-/// How to run a node.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The node's configuration; its `next_hops` are socket addresses (`host:port`).
-    pub node: NodeConfig,
-    /// Where to listen for SMTP.
-    pub listen: SocketAddr,
-    /// The spool directory.
-    pub spool: PathBuf,
-    /// How long sessions may run on after a stop before the node exits anyway.
-    pub grace: Duration,
-    /// How long an outbound connect may take.
-    pub connect_timeout: Duration,
-}
-
-impl Settings {
-    /// Settings with a 10 s grace period and a 30 s connect timeout.
-    pub fn new(node: NodeConfig, listen: SocketAddr, spool: PathBuf) -> Self {
-        Self {
-            node,
-            listen,
-            spool,
-            grace: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Everything the node task hears about, in arrival order.
 enum ToNode {
@@ -128,10 +105,6 @@ impl NodeHandle {
     }
 }
 
-fn stopped() -> io::Error {
-    io::Error::other("the node has stopped")
-}
-
 /// A node running on the global executor (see the crate documentation).
 pub struct RunningNode {
     handle: NodeHandle,
@@ -182,29 +155,14 @@ impl Drop for RunningNode {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Opens the spool, recovers the node from it, binds the listener and starts the node task.
 pub async fn start(settings: Settings) -> io::Result<RunningNode> {
-    let (spool, state) =
-        Spool::open(&settings.spool, SpoolOptions::default()).map_err(io::Error::other)?;
+    let (spool, node) = open_node(&settings, Instant::now())?;
     let listen = settings.listen;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     let local_addr = listener.local_addr()?;
-    let now = Instant::now();
-    let node = Node::recover(
-        settings.node.clone(),
-        state,
-        fastrand::u64(..),
-        now,
-        unix_ms(),
-    );
     let database_id = node.database_id().to_owned();
     let (inbox, inbox_rx) = async_channel::unbounded();
     let completions = inbox.clone();
@@ -370,10 +328,7 @@ impl Driver {
             ToNode::Spool(Completion::Persisted(token)) => {
                 self.node.handle_input(Input::Persisted(token), now);
             }
-            ToNode::Spool(Completion::Failed(err)) => {
-                tracing::error!(%err, "the spool failed: stopping without acknowledging anything more");
-                return Err(io::Error::other(format!("spool: {err}")));
-            }
+            ToNode::Spool(Completion::Failed(err)) => return Err(spool_failed(&err)),
         }
         Ok(())
     }
@@ -448,8 +403,7 @@ impl Driver {
                     Some(spool) => spool.persist(token, records).map_err(io::Error::other)?,
                     None => return Err(io::Error::other("spool closed")),
                 },
-                Output::Event(event) if event.is_warning() => tracing::warn!("{event}"),
-                Output::Event(event) => tracing::info!("{event}"),
+                Output::Event(event) => self.settings.report(&event),
             }
         }
         Ok(())

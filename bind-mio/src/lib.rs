@@ -6,6 +6,10 @@
 //! completion or a request from a [`NodeHandle`]) or [`Node::poll_timeout`] is due. Sockets
 //! are non-blocking; what a socket cannot take now waits in the connection's write buffer.
 //!
+//! [`Settings`] is the type every binding takes (from [`xshadow_spool::binding`]): its
+//! `on_event` hook sees each of the node's events in order, and its `seed` fixes the ids the
+//! node makes (tests); by default the seed comes from the operating system.
+//!
 //! ```no_run
 //! use xshadow_core::node::NodeConfig;
 //! let mut config = NodeConfig::new("edge1.example");
@@ -22,18 +26,19 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use xshadow_core::node::{ConnId, Input, Node, NodeConfig, NodeStats, Output};
+use xshadow_core::node::{ConnId, Input, Node, NodeStats, Output};
 use xshadow_core::session::Envelope;
 use xshadow_core::shadow::MessageId;
-use xshadow_spool::{Completion, Completions, Spool, SpoolHandle, SpoolOptions};
+pub use xshadow_spool::binding::{EventHook, Settings};
+use xshadow_spool::binding::{open_node, spool_failed, stopped};
+use xshadow_spool::{Completion, Completions, SpoolHandle};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -41,34 +46,6 @@ const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// Unwritten bytes on a connection beyond which it is not read until the peer catches up.
 const HIGH_WATER: usize = 1024 * 1024;
-
-/// How to run a node.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The node's configuration; its `next_hops` are socket addresses (`host:port`).
-    pub node: NodeConfig,
-    /// Where to listen for SMTP.
-    pub listen: SocketAddr,
-    /// The spool directory.
-    pub spool: PathBuf,
-    /// How long sessions may run on after a stop before the node exits anyway.
-    pub grace: Duration,
-    /// How long an outbound connect may take.
-    pub connect_timeout: Duration,
-}
-
-impl Settings {
-    /// Settings with a 10 s grace period and a 30 s connect timeout.
-    pub fn new(node: NodeConfig, listen: SocketAddr, spool: PathBuf) -> Self {
-        Self {
-            node,
-            listen,
-            spool,
-            grace: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Requests to the event loop.
 enum Request {
@@ -111,10 +88,6 @@ impl NodeHandle {
     pub fn stop(&self) {
         let _ = self.send(Request::Stop);
     }
-}
-
-fn stopped() -> io::Error {
-    io::Error::other("the node has stopped")
 }
 
 /// A node whose spool is open and whose listener is bound, not running yet.
@@ -209,8 +182,7 @@ impl RunningNode {
 
 /// Opens the spool, recovers the node from it and binds the listener; nothing runs yet.
 pub fn bind(settings: Settings) -> io::Result<BoundNode> {
-    let (spool, state) =
-        Spool::open(&settings.spool, SpoolOptions::default()).map_err(io::Error::other)?;
+    let (spool, node) = open_node(&settings, Instant::now())?;
     let mut listener = TcpListener::bind(settings.listen).map_err(|err| {
         io::Error::new(
             err.kind(),
@@ -222,13 +194,6 @@ pub fn bind(settings: Settings) -> io::Result<BoundNode> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let node = Node::recover(
-        settings.node.clone(),
-        state,
-        fastrand::u64(..),
-        Instant::now(),
-        unix_ms(),
-    );
     let database_id = node.database_id().to_owned();
     let (done_tx, completions) = mpsc::channel();
     let spool_waker = Arc::clone(&waker);
@@ -266,12 +231,6 @@ pub fn start(settings: Settings) -> io::Result<RunningNode> {
 /// Runs a node on the calling thread until it stops (use [`bind`] to keep a handle first).
 pub fn run(settings: Settings) -> io::Result<()> {
     bind(settings)?.run()
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn token_of(conn: ConnId) -> Token {
@@ -369,10 +328,7 @@ impl Driver {
             while let Ok(done) = self.completions.try_recv() {
                 match done {
                     Completion::Persisted(token) => self.input(Input::Persisted(token))?,
-                    Completion::Failed(err) => {
-                        tracing::error!(%err, "the spool failed: stopping without acknowledging anything more");
-                        return Err(io::Error::other(format!("spool: {err}")));
-                    }
+                    Completion::Failed(err) => return Err(spool_failed(&err)),
                 }
             }
             while let Ok(request) = self.requests.try_recv() {
@@ -443,7 +399,7 @@ impl Driver {
                     Some(spool) => spool.persist(token, records).map_err(io::Error::other)?,
                     None => return Err(io::Error::other("spool closed")),
                 },
-                Output::Event(event) => tracing::info!("{event:?}"),
+                Output::Event(event) => self.settings.report(&event),
             }
         }
         Ok(())

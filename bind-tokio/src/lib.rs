@@ -4,6 +4,10 @@
 //! decision is the core's. One task owns the node and follows the drain rule literally; one
 //! task per connection moves bytes between the socket and the node.
 //!
+//! [`Settings`] is the type every binding takes (from [`xshadow_spool::binding`]): its
+//! `on_event` hook sees each of the node's events in order, and its `seed` fixes the ids the
+//! node makes (tests); by default the seed comes from the operating system.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use xshadow_core::node::NodeConfig;
@@ -19,47 +23,20 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use xshadow_core::node::{ConnId, Input, Node, NodeConfig, NodeEvent, NodeStats, Output};
+use xshadow_core::node::{ConnId, Input, Node, NodeStats, Output};
 use xshadow_core::session::Envelope;
 use xshadow_core::shadow::MessageId;
-use xshadow_spool::{Completion, Completions, Spool, SpoolHandle, SpoolOptions};
-
-/// How to run a node.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The node's configuration; its `next_hops` are socket addresses (`host:port`).
-    pub node: NodeConfig,
-    /// Where to listen for SMTP.
-    pub listen: SocketAddr,
-    /// The spool directory.
-    pub spool: PathBuf,
-    /// How long sessions may run on after a stop before the node exits anyway.
-    pub grace: Duration,
-    /// How long an outbound connect may take.
-    pub connect_timeout: Duration,
-}
-
-impl Settings {
-    /// Settings with a 10 s grace period and a 30 s connect timeout.
-    pub fn new(node: NodeConfig, listen: SocketAddr, spool: PathBuf) -> Self {
-        Self {
-            node,
-            listen,
-            spool,
-            grace: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(30),
-        }
-    }
-}
+pub use xshadow_spool::binding::{EventHook, Settings};
+use xshadow_spool::binding::{open_node, spool_failed, stopped};
+use xshadow_spool::{Completion, Completions, SpoolHandle};
 
 /// Requests to a running node.
 enum Request {
@@ -115,10 +92,6 @@ impl NodeHandle {
     }
 }
 
-fn stopped() -> io::Error {
-    io::Error::other("the node has stopped")
-}
-
 /// A node running on the current tokio runtime.
 pub struct RunningNode {
     handle: NodeHandle,
@@ -155,25 +128,11 @@ impl RunningNode {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Opens the spool, recovers the node from it, binds the listener and starts the node task.
 pub async fn start(settings: Settings) -> io::Result<RunningNode> {
-    let (spool, state) =
-        Spool::open(&settings.spool, SpoolOptions::default()).map_err(io::Error::other)?;
+    let (spool, node) = open_node(&settings, Instant::now().into_std())?;
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
-    let node = Node::recover(
-        settings.node.clone(),
-        state,
-        fastrand::u64(..),
-        Instant::now().into_std(),
-        unix_ms(),
-    );
     let database_id = node.database_id().to_owned();
     let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
     let spool = spool.spawn(Completions::callback(move |c| {
@@ -264,10 +223,7 @@ impl Driver {
                 Some(msg) = self.from_conns.1.recv() => self.handle_conn_message(msg),
                 Some(done) = self.persisted.recv() => match done {
                     Completion::Persisted(token) => self.node.handle_input(Input::Persisted(token), Instant::now().into_std()),
-                    Completion::Failed(err) => {
-                        tracing::error!(%err, "the spool failed: stopping without acknowledging anything more");
-                        return Err(io::Error::other(format!("spool: {err}")));
-                    }
+                    Completion::Failed(err) => return Err(spool_failed(&err)),
                 },
                 Some(request) = requests.recv() => match request {
                     Request::Submit(message, reply) => {
@@ -400,7 +356,7 @@ impl Driver {
                     Some(spool) => spool.persist(token, records).map_err(io::Error::other)?,
                     None => return Err(io::Error::other("spool closed")),
                 },
-                Output::Event(event) => log_event(&event),
+                Output::Event(event) => self.settings.report(&event),
             }
         }
         Ok(())
@@ -465,14 +421,5 @@ async fn connection(
     {
         read.abort();
         let _ = to_node.send(FromConn::Closed(conn));
-    }
-}
-
-/// One log line per message state change, with its ids.
-fn log_event(event: &NodeEvent) {
-    if event.is_warning() {
-        tracing::warn!("{event}");
-    } else {
-        tracing::info!("{event}");
     }
 }

@@ -33,6 +33,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`binding`] holds what the runtime bindings share: their `Settings`, opening the spool
+//! and recovering the node from it, and where the node's events go.
+//!
 //! `xshadow queue` reads a spool with [`open_read_only`], which takes no lock and changes
 //! nothing, so it works while the node runs.
 //!
@@ -105,6 +108,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod binding;
 mod error;
 mod recovery;
 mod segment;
