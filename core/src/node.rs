@@ -630,6 +630,11 @@ pub struct Node {
     next_message: u64,
     next_token: u64,
     conns: BTreeMap<ConnId, Conn>,
+    /// Every connection's next timer (session timeouts, the end of a linger), so idle
+    /// connections cost nothing in `poll_timeout` and `handle_timeout`.
+    deadlines: BTreeSet<(Instant, ConnId)>,
+    /// The entry of each connection in `deadlines`.
+    deadline_of: HashMap<ConnId, Instant>,
     messages: HashMap<MessageId, Message>,
     queue: BTreeSet<(Instant, MessageId)>,
     /// Entries of `queue` that wait only because no next hop of their route was up: they go
@@ -697,6 +702,8 @@ impl Node {
             next_message: state.next_message_id.max(1),
             next_token: 1,
             conns: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
             messages: HashMap::new(),
             queue: BTreeSet::new(),
             parked: BTreeSet::new(),
@@ -857,8 +864,13 @@ impl Node {
     /// Fires every timer due at `now`. Early or repeated calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in conns {
+        let due: Vec<ConnId> = self
+            .deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, c)| *c)
+            .collect();
+        for conn in due {
             match self.conns.get_mut(&conn) {
                 Some(Conn::Inbound(c)) => c.session.handle_timeout(now),
                 Some(Conn::Outbound(c)) => {
@@ -897,18 +909,7 @@ impl Node {
     /// When [`Node::handle_timeout`] should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let linger = self.config.session_linger;
-        let sessions = self.conns.values().filter_map(|c| match c {
-            Conn::Inbound(c) => c.session.poll_timeout(),
-            Conn::Outbound(c) => {
-                let ends = c.idle_since.and_then(|t| t.checked_add(linger));
-                let reply = c.session.as_ref().and_then(ClientSession::poll_timeout);
-                match (ends, reply) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            }
-        });
+        let sessions = self.deadlines.first().map(|(t, _)| *t).into_iter();
         let queue = self.queue.first().map(|(t, _)| *t);
         let acks = self.delayed_acks.first().map(|(t, _)| *t);
         sessions
@@ -1049,6 +1050,47 @@ impl Node {
 
     /// Drains one connection's session: bytes out, events handled, close when it is over.
     fn pump(&mut self, conn: ConnId) {
+        self.pump_session(conn);
+        self.refresh_deadline(conn);
+    }
+
+    /// Files `conn`'s next timer in `deadlines` (none once it is gone).
+    fn refresh_deadline(&mut self, conn: ConnId) {
+        let linger = self.config.session_linger;
+        let next = match self.conns.get(&conn) {
+            Some(Conn::Inbound(c)) => c.session.poll_timeout(),
+            Some(Conn::Outbound(c)) => {
+                let idle = c.messages.is_empty()
+                    && c.session
+                        .as_ref()
+                        .is_some_and(ClientSession::accepts_messages);
+                let ends = c
+                    .idle_since
+                    .filter(|_| idle)
+                    .and_then(|t| t.checked_add(linger));
+                let reply = c.session.as_ref().and_then(ClientSession::poll_timeout);
+                match (ends, reply) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            None => None,
+        };
+        let old = self.deadline_of.get(&conn).copied();
+        if old == next {
+            return;
+        }
+        if let Some(old) = old {
+            self.deadlines.remove(&(old, conn));
+            self.deadline_of.remove(&conn);
+        }
+        if let Some(next) = next {
+            self.deadlines.insert((next, conn));
+            self.deadline_of.insert(conn, next);
+        }
+    }
+
+    fn pump_session(&mut self, conn: ConnId) {
         for _ in 0..10_000 {
             let mut progressed = false;
             // Events first: handling one may hold this connection's output back (see
@@ -1104,6 +1146,9 @@ impl Node {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if let Some(t) = self.deadline_of.remove(&conn) {
+            self.deadlines.remove(&(t, conn));
+        }
         self.outputs.push_back(Output::Close(conn));
         match c {
             Conn::Inbound(c) => {
@@ -1550,7 +1595,7 @@ impl Node {
         let now = self.now;
         let linger = self.config.session_linger;
         let max_msgs = self.config.max_messages_per_session.max(1);
-        let mut ending = Vec::new();
+        let (mut ending, mut lingering) = (Vec::new(), Vec::new());
         for h in self.hops.values() {
             for conn in &h.conns {
                 let Some(Conn::Outbound(o)) = self.conns.get_mut(conn) else {
@@ -1562,12 +1607,18 @@ impl Node {
                 if o.heartbeat || !o.messages.is_empty() || !s.accepts_messages() {
                     continue;
                 }
+                let started = o.idle_since.is_none();
                 let since = *o.idle_since.get_or_insert(now);
                 let full = o.carried >= max_msgs;
                 if full || since.checked_add(linger).is_none_or(|t| t <= now) {
                     ending.push(*conn);
+                } else if started {
+                    lingering.push(*conn);
                 }
             }
+        }
+        for conn in lingering {
+            self.refresh_deadline(conn);
         }
         for conn in ending {
             if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn)
@@ -2144,5 +2195,46 @@ mod tests {
             let err = text.parse::<Route>().unwrap_err();
             assert!(err.contains(why), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn only_the_connections_whose_timer_is_due_time_out() {
+        let t0 = Instant::now();
+        let mut config = NodeConfig::new("edge.example");
+        config.server.timeouts.command = Duration::from_secs(10);
+        let mut node = Node::new(config, 1, t0, 1_796_400_103_000);
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let conns: Vec<ConnId> = (0..1000)
+            .map(|i| node.accept(peer, t0 + Duration::from_millis(i)))
+            .collect();
+        while node.poll_output().is_some() {}
+        assert_eq!(node.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        // A command on the first connection pushes its timer back.
+        node.handle_input(
+            Input::Received(conns[0], b"NOOP\r\n"),
+            t0 + Duration::from_secs(1),
+        );
+        while node.poll_output().is_some() {}
+        assert_eq!(
+            node.poll_timeout(),
+            Some(t0 + Duration::from_secs(10) + Duration::from_millis(1))
+        );
+        node.handle_timeout(t0 + Duration::from_millis(10_005));
+        let mut closed = Vec::new();
+        while let Some(out) = node.poll_output() {
+            if let Output::Close(c) = out {
+                closed.push(c);
+            }
+        }
+        assert_eq!(
+            closed,
+            conns[1..=5],
+            "the five whose timer ran out, and no other"
+        );
+        assert_eq!(node.stats().connections, 995);
+        assert_eq!(
+            node.poll_timeout(),
+            Some(t0 + Duration::from_secs(10) + Duration::from_millis(6))
+        );
     }
 }
