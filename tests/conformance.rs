@@ -119,7 +119,7 @@ fn loopback_net() -> IpNet {
 }
 
 /// An edge that offers XSHADOW to loopback and relays to `hop`, with no delayed
-/// acknowledgement (its timing is not what these scenarios compare).
+/// acknowledgement (its timing is not what these scenarios compare) and short timers.
 fn edge(hop: &str) -> NodeConfig {
     let mut c = NodeConfig::new("edge.test");
     c.next_hops = vec![hop.to_owned()];
@@ -127,6 +127,8 @@ fn edge(hop: &str) -> NodeConfig {
     c.shadow_peers = vec![loopback_net()];
     c.max_ack_delay = Duration::ZERO;
     c.retry.first = Duration::from_millis(200);
+    // Outbound sessions still linger for more work before QUIT, only not for long.
+    c.session_linger = Duration::from_millis(200);
     c
 }
 

@@ -272,6 +272,7 @@ pub fn mixed_deployment() {
         c.max_ack_delay = Duration::ZERO;
         c.retry.first = Duration::from_millis(200);
         c.retry.max = Duration::from_secs(1);
+        c.session_linger = Duration::from_millis(200);
         c
     };
     let sink = TcpSink::start();
