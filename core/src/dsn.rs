@@ -10,6 +10,13 @@ use crate::wire::path::ForwardPath;
 
 /// Formats Unix milliseconds as an RFC 5322 date in UTC: `Fri, 4 Dec 2026 16:01:43 +0000`.
 pub fn rfc5322_date(unix_ms: u64) -> String {
+    let mut text = String::with_capacity(31);
+    write_rfc5322_date(&mut text, unix_ms);
+    text
+}
+
+/// Appends [`rfc5322_date`] to `out` without a temporary string.
+fn write_rfc5322_date(out: &mut String, unix_ms: u64) {
     let secs = unix_ms / 1000;
     let days = secs / 86_400;
     let rem = secs % 86_400;
@@ -19,12 +26,13 @@ pub fn rfc5322_date(unix_ms: u64) -> String {
     let month = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ][(month - 1) as usize];
-    format!(
+    let _ = write!(
+        out,
         "{weekday}, {day} {month} {year} {:02}:{:02}:{:02} +0000",
         rem / 3600,
         rem / 60 % 60,
         rem % 60
-    )
+    );
 }
 
 /// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) in the proleptic Gregorian
@@ -51,12 +59,17 @@ pub fn received_header(
     for_one: Option<&ForwardPath<'_>>,
     unix_ms: u64,
 ) -> String {
-    let mut h =
-        format!("Received: from {helo} ({peer})\r\n\tby {by} (xshadow) with ESMTP id {id:016x}");
+    let mut h = String::with_capacity(96 + helo.len() + peer.len() + by.len());
+    let _ = write!(
+        h,
+        "Received: from {helo} ({peer})\r\n\tby {by} (xshadow) with ESMTP id {id:016x}"
+    );
     if let Some(ForwardPath::Mailbox(m)) = for_one {
         let _ = write!(h, "\r\n\tfor <{m}>");
     }
-    let _ = write!(h, ";\r\n\t{}\r\n", rfc5322_date(unix_ms));
+    h.push_str(";\r\n\t");
+    write_rfc5322_date(&mut h, unix_ms);
+    h.push_str("\r\n");
     h
 }
 

@@ -1009,19 +1009,20 @@ impl Node {
 
     /// A version-4 GUID in Exchange's lowercase hyphenated form, from the node's generator.
     fn new_shadow_id(&mut self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut b = [0u8; 16];
         self.rng.fill(&mut b);
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
-        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..]
-        )
+        let mut text = String::with_capacity(36);
+        for (i, byte) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                text.push('-');
+            }
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        text
     }
 
     /// Ends a state change: emits the batched records as one Persist, moves queued messages
@@ -2236,5 +2237,31 @@ mod tests {
             node.poll_timeout(),
             Some(t0 + Duration::from_secs(10) + Duration::from_millis(6))
         );
+    }
+
+    #[test]
+    fn shadow_ids_are_lowercase_version_4_guids() {
+        let t0 = Instant::now();
+        let mut node = Node::new(NodeConfig::new("hub.example"), 9, t0, 0);
+        let mut seen = BTreeSet::new();
+        for _ in 0..1000 {
+            let id = node.new_shadow_id();
+            let groups: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(
+                id.bytes()
+                    .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            );
+            assert!(groups[2].starts_with('4'), "version 4: {id}");
+            assert!(
+                matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+                "RFC 4122 variant: {id}"
+            );
+            assert!(seen.insert(id));
+        }
     }
 }
