@@ -2,8 +2,10 @@
 //! submit to `xshadow hub`; `xshadow edge` relays to `aiosmtpd`, Postfix's `smtp-sink` and
 //! `xshadow sink`; Postfix's `smtp-source` and `swaks` send to an edge. The content that
 //! arrives (after the trace headers the relays prepend) is compared byte for byte with what
-//! was sent. Needs `scripts/test-deps.sh`.
+//! was sent. Needs `scripts/test-deps.sh`. Every scenario runs with the `xshadow` processes on
+//! each runtime binding (`--runtime tokio|mio|async-std`): one test per runtime.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -119,18 +121,18 @@ struct Chain {
     _procs: Vec<Proc>,
 }
 
-fn chain(scratch: &Scratch, tag: &str, destination: SocketAddr) -> Chain {
+fn chain(scratch: &Scratch, tag: &str, destination: SocketAddr, runtime: Runtime) -> Chain {
     // Default delayed acknowledgement (30s): the hub answers a sender once the edge took the
     // message, which is at once here.
     let opts = NodeOpts {
         max_ack_delay: "30s",
-        ..NodeOpts::default()
+        ..NodeOpts::on(runtime)
     };
     let edge_spool = scratch.join(&format!("{tag}-edge-spool"));
-    let (edge, edge_addr) = start_server(
+    let (edge, edge_addr) = start_node(
         &format!("{tag} edge"),
         &scratch.join(&format!("{tag}-edge.log")),
-        Some(NODE_READY),
+        runtime,
         |p| {
             edge_cmd(
                 &format!("edge.{tag}.test"),
@@ -142,10 +144,10 @@ fn chain(scratch: &Scratch, tag: &str, destination: SocketAddr) -> Chain {
         },
     );
     let hub_spool = scratch.join(&format!("{tag}-hub-spool"));
-    let (hub, hub_addr) = start_server(
+    let (hub, hub_addr) = start_node(
         &format!("{tag} hub"),
         &scratch.join(&format!("{tag}-hub.log")),
-        Some(NODE_READY),
+        runtime,
         |p| {
             hub_cmd(
                 &format!("hub.{tag}.test"),
@@ -272,15 +274,21 @@ fn assert_nothing_smuggled(files: &[(PathBuf, Vec<u8>)]) {
     }
 }
 
-#[test]
-fn smtplib_pipelined_and_bdat_submissions_reach_aiosmtpd_through_hub_and_edge_byte_identical() {
+on_every_runtime!(
+    submissions_reach_aiosmtpd =>
+    smtplib_pipelined_and_bdat_submissions_reach_aiosmtpd_through_hub_and_edge_byte_identical_on_tokio,
+    smtplib_pipelined_and_bdat_submissions_reach_aiosmtpd_through_hub_and_edge_byte_identical_on_mio,
+    smtplib_pipelined_and_bdat_submissions_reach_aiosmtpd_through_hub_and_edge_byte_identical_on_async_std,
+);
+
+fn submissions_reach_aiosmtpd(runtime: Runtime) {
     if !require_peers() {
         return;
     }
-    let scratch = Scratch::new("interop-aiosmtpd");
+    let scratch = Scratch::new(&format!("interop-aiosmtpd-{runtime}"));
     let store = scratch.join("aiosmtpd");
     let (_peer, peer_addr) = start_aiosmtpd(&scratch, &store);
-    let c = chain(&scratch, "aio", peer_addr);
+    let c = chain(&scratch, "aio", peer_addr, runtime);
     // aiosmtpd keeps RFC 5321's line limit (998 octets + CRLF; 1001 with a stuffed dot).
     let subs = submissions("aio", 998);
     submit_all(&scratch, c.hub, &subs);
@@ -379,15 +387,21 @@ fn settled_files(
     )
 }
 
-#[test]
-fn smtplib_pipelined_and_bdat_submissions_reach_postfix_smtp_sink_through_hub_and_edge_intact() {
+on_every_runtime!(
+    submissions_reach_smtp_sink =>
+    smtplib_pipelined_and_bdat_submissions_reach_postfix_smtp_sink_through_hub_and_edge_intact_on_tokio,
+    smtplib_pipelined_and_bdat_submissions_reach_postfix_smtp_sink_through_hub_and_edge_intact_on_mio,
+    smtplib_pipelined_and_bdat_submissions_reach_postfix_smtp_sink_through_hub_and_edge_intact_on_async_std,
+);
+
+fn submissions_reach_smtp_sink(runtime: Runtime) {
     if !require_peers() {
         return;
     }
-    let scratch = Scratch::new("interop-smtp-sink");
+    let scratch = Scratch::new(&format!("interop-smtp-sink-{runtime}"));
     let dump = scratch.join("dump");
     let (_peer, peer_addr) = start_smtp_sink(&scratch, &dump);
-    let c = chain(&scratch, "pfx", peer_addr);
+    let c = chain(&scratch, "pfx", peer_addr, runtime);
     let subs = submissions("pfx", 100_000);
     submit_all(&scratch, c.hub, &subs);
 
@@ -444,16 +458,21 @@ fn smtplib_pipelined_and_bdat_submissions_reach_postfix_smtp_sink_through_hub_an
     assert_nothing_smuggled(&files);
 }
 
-#[test]
-fn smtplib_pipelined_and_bdat_submissions_reach_the_xshadow_sink_through_hub_and_edge_byte_identical()
- {
+on_every_runtime!(
+    submissions_reach_the_xshadow_sink =>
+    smtplib_pipelined_and_bdat_submissions_reach_the_xshadow_sink_through_hub_and_edge_byte_identical_on_tokio,
+    smtplib_pipelined_and_bdat_submissions_reach_the_xshadow_sink_through_hub_and_edge_byte_identical_on_mio,
+    smtplib_pipelined_and_bdat_submissions_reach_the_xshadow_sink_through_hub_and_edge_byte_identical_on_async_std,
+);
+
+fn submissions_reach_the_xshadow_sink(runtime: Runtime) {
     if !require_peers() {
         return;
     }
-    let scratch = Scratch::new("interop-xsink");
+    let scratch = Scratch::new(&format!("interop-xsink-{runtime}"));
     let maildir = scratch.join("maildir");
-    let (_sink, sink_addr) = start_xshadow_sink(&scratch, &maildir);
-    let c = chain(&scratch, "xs", sink_addr);
+    let (_sink, sink_addr) = start_xshadow_sink(&scratch, &maildir, runtime);
+    let c = chain(&scratch, "xs", sink_addr, runtime);
     let subs = submissions("xs", 100_000);
     submit_all(&scratch, c.hub, &subs);
     let new = maildir.join("new");
@@ -542,20 +561,25 @@ fn body_of(content: &[u8]) -> &[u8] {
     &content[at + 4..]
 }
 
-#[test]
-fn smtp_source_sessions_to_an_edge_all_arrive_at_aiosmtpd_with_identical_bodies() {
+on_every_runtime!(
+    smtp_source_sessions_arrive_at_aiosmtpd =>
+    smtp_source_sessions_to_an_edge_all_arrive_at_aiosmtpd_with_identical_bodies_on_tokio,
+    smtp_source_sessions_to_an_edge_all_arrive_at_aiosmtpd_with_identical_bodies_on_mio,
+    smtp_source_sessions_to_an_edge_all_arrive_at_aiosmtpd_with_identical_bodies_on_async_std,
+);
+
+fn smtp_source_sessions_arrive_at_aiosmtpd(runtime: Runtime) {
     if !require_peers() {
         return;
     }
-    let scratch = Scratch::new("interop-smtp-source");
+    let scratch = Scratch::new(&format!("interop-smtp-source-{runtime}"));
     let store = scratch.join("aiosmtpd");
     let (_peer, peer_addr) = start_aiosmtpd(&scratch, &store);
-    let opts = NodeOpts::default();
+    let opts = NodeOpts::on(runtime);
     let spool = scratch.join("edge-spool");
-    let (_edge, edge_addr) =
-        start_server("edge", &scratch.join("edge.log"), Some(NODE_READY), |p| {
-            edge_cmd("edge.src.test", p, &spool, peer_addr, &opts)
-        });
+    let (_edge, edge_addr) = start_node("edge", &scratch.join("edge.log"), runtime, |p| {
+        edge_cmd("edge.src.test", p, &spool, peer_addr, &opts)
+    });
     // References straight to aiosmtpd, then the same through the edge: 4 parallel sessions
     // of one message each, and 2 sessions that keep the connection for 10 messages (-d).
     for (from, size) in [
@@ -642,20 +666,25 @@ fn smtp_source_sessions_to_an_edge_all_arrive_at_aiosmtpd_with_identical_bodies(
     }
 }
 
-#[test]
-fn swaks_pipelined_submission_to_an_edge_arrives_at_the_xshadow_sink_byte_identical() {
+on_every_runtime!(
+    swaks_submission_arrives_at_the_xshadow_sink =>
+    swaks_pipelined_submission_to_an_edge_arrives_at_the_xshadow_sink_byte_identical_on_tokio,
+    swaks_pipelined_submission_to_an_edge_arrives_at_the_xshadow_sink_byte_identical_on_mio,
+    swaks_pipelined_submission_to_an_edge_arrives_at_the_xshadow_sink_byte_identical_on_async_std,
+);
+
+fn swaks_submission_arrives_at_the_xshadow_sink(runtime: Runtime) {
     if !require_peers() {
         return;
     }
-    let scratch = Scratch::new("interop-swaks");
+    let scratch = Scratch::new(&format!("interop-swaks-{runtime}"));
     let maildir = scratch.join("maildir");
-    let (_sink, sink_addr) = start_xshadow_sink(&scratch, &maildir);
-    let opts = NodeOpts::default();
+    let (_sink, sink_addr) = start_xshadow_sink(&scratch, &maildir, runtime);
+    let opts = NodeOpts::on(runtime);
     let spool = scratch.join("edge-spool");
-    let (_edge, edge_addr) =
-        start_server("edge", &scratch.join("edge.log"), Some(NODE_READY), |p| {
-            edge_cmd("edge.swaks.test", p, &spool, sink_addr, &opts)
-        });
+    let (_edge, edge_addr) = start_node("edge", &scratch.join("edge.log"), runtime, |p| {
+        edge_cmd("edge.swaks.test", p, &spool, sink_addr, &opts)
+    });
     // swaks takes a last line of a single dot as the end of its data: end with text.
     let mut swaks_dots = dots("swaks-dots");
     swaks_dots.content.extend_from_slice(b"end\r\n");
@@ -754,13 +783,18 @@ fn stored_marker(kind: &str, id: &str) -> Vec<u8> {
     }
 }
 
-#[test]
-fn smuggling_attempts_reach_aiosmtpd_and_smtp_sink_intact_through_edge_and_hub_and_never_as_a_second_message()
- {
+on_every_runtime!(
+    smuggling_attempts_arrive_intact_and_alone =>
+    smuggling_attempts_reach_aiosmtpd_and_smtp_sink_intact_through_edge_and_hub_and_never_as_a_second_message_on_tokio,
+    smuggling_attempts_reach_aiosmtpd_and_smtp_sink_intact_through_edge_and_hub_and_never_as_a_second_message_on_mio,
+    smuggling_attempts_reach_aiosmtpd_and_smtp_sink_intact_through_edge_and_hub_and_never_as_a_second_message_on_async_std,
+);
+
+fn smuggling_attempts_arrive_intact_and_alone(runtime: Runtime) {
     if !require_peers() {
         return;
     }
-    let scratch = Scratch::new("interop-smuggling");
+    let scratch = Scratch::new(&format!("interop-smuggling-{runtime}"));
     let aio_dir = scratch.join("aiosmtpd");
     let pfx_dir = scratch.join("dump");
     let (_aio, aio_addr) = start_aiosmtpd(&scratch, &aio_dir);
@@ -770,7 +804,7 @@ fn smuggling_attempts_reach_aiosmtpd_and_smtp_sink_intact_through_edge_and_hub_a
         ("smtp-sink", &pfx_dir, pfx_addr),
     ] {
         let tag = if kind == "aiosmtpd" { "smaio" } else { "smpfx" };
-        let c = chain(&scratch, tag, addr);
+        let c = chain(&scratch, tag, addr, runtime);
         // Straight to the edge (it relays by DATA: the peer offers no CHUNKING) and through
         // the hub, by pipelined DATA and by BDAT.
         let direct = [

@@ -1,6 +1,8 @@
 //! Shadow redundancy with real processes: `xshadow hub` → `xshadow edge` → `xshadow sink`,
-//! watched through `xshadow queue` on the live spools.
+//! watched through `xshadow queue` on the live spools. Every scenario runs with the processes
+//! on each runtime binding (`--runtime tokio|mio|async-std`): one test per runtime.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -39,22 +41,28 @@ fn delivered(maildir: &std::path::Path) -> std::collections::HashMap<String, usi
     counts
 }
 
-#[test]
-fn the_hub_holds_shadow_copies_while_the_edge_cannot_deliver_and_none_after_the_next_heartbeat() {
-    let scratch = Scratch::new("shadow-e2e");
+on_every_runtime!(
+    copies_are_held_while_the_edge_cannot_deliver_and_dropped_at_the_next_heartbeat =>
+    the_hub_holds_shadow_copies_while_the_edge_cannot_deliver_and_none_after_the_next_heartbeat_on_tokio,
+    the_hub_holds_shadow_copies_while_the_edge_cannot_deliver_and_none_after_the_next_heartbeat_on_mio,
+    the_hub_holds_shadow_copies_while_the_edge_cannot_deliver_and_none_after_the_next_heartbeat_on_async_std,
+);
+
+fn copies_are_held_while_the_edge_cannot_deliver_and_dropped_at_the_next_heartbeat(
+    runtime: Runtime,
+) {
+    let scratch = Scratch::new(&format!("shadow-e2e-{runtime}"));
     let maildir = scratch.join("maildir");
-    let (sink, sink_addr) = start_xshadow_sink(&scratch, &maildir);
-    let opts = NodeOpts::default(); // 300ms heartbeats, no delayed acks
+    let (sink, sink_addr) = start_xshadow_sink(&scratch, &maildir, runtime);
+    let opts = NodeOpts::on(runtime); // 300ms heartbeats, no delayed acks
     let edge_spool = scratch.join("edge-spool");
-    let (mut edge, edge_addr) =
-        start_server("edge", &scratch.join("edge.log"), Some(NODE_READY), |p| {
-            edge_cmd("edge1.test", p, &edge_spool, sink_addr, &opts)
-        });
+    let (mut edge, edge_addr) = start_node("edge", &scratch.join("edge.log"), runtime, |p| {
+        edge_cmd("edge1.test", p, &edge_spool, sink_addr, &opts)
+    });
     let hub_spool = scratch.join("hub-spool");
-    let (mut hub, hub_addr) =
-        start_server("hub", &scratch.join("hub.log"), Some(NODE_READY), |p| {
-            hub_cmd("hub.test", p, &hub_spool, &[edge_addr], &opts)
-        });
+    let (mut hub, hub_addr) = start_node("hub", &scratch.join("hub.log"), runtime, |p| {
+        hub_cmd("hub.test", p, &hub_spool, &[edge_addr], &opts)
+    });
 
     // The edge's next hop is frozen (SIGSTOP): the kernel still accepts the edge's
     // connection, but nothing is delivered, so the edge keeps the messages and the hub its
@@ -195,29 +203,33 @@ fn the_hub_holds_shadow_copies_while_the_edge_cannot_deliver_and_none_after_the_
     drop(sink);
 }
 
-#[test]
-fn the_hub_resubmits_the_copies_of_an_edge_that_stays_dead_through_another_edge() {
-    let scratch = Scratch::new("shadow-resubmit");
+on_every_runtime!(
+    copies_of_a_dead_edge_are_resubmitted_through_another =>
+    the_hub_resubmits_the_copies_of_an_edge_that_stays_dead_through_another_edge_on_tokio,
+    the_hub_resubmits_the_copies_of_an_edge_that_stays_dead_through_another_edge_on_mio,
+    the_hub_resubmits_the_copies_of_an_edge_that_stays_dead_through_another_edge_on_async_std,
+);
+
+fn copies_of_a_dead_edge_are_resubmitted_through_another(runtime: Runtime) {
+    let scratch = Scratch::new(&format!("shadow-resubmit-{runtime}"));
     let maildir = scratch.join("maildir");
-    let (sink, sink_addr) = start_xshadow_sink(&scratch, &maildir);
+    let (sink, sink_addr) = start_xshadow_sink(&scratch, &maildir, runtime);
     let opts = NodeOpts {
         resubmit_after: "2s",
-        ..NodeOpts::default()
+        ..NodeOpts::on(runtime)
     };
     let (spool1, spool2, hub_spool) = (
         scratch.join("edge1-spool"),
         scratch.join("edge2-spool"),
         scratch.join("hub-spool"),
     );
-    let (mut edge1, edge1_addr) =
-        start_server("edge1", &scratch.join("edge1.log"), Some(NODE_READY), |p| {
-            edge_cmd("edge1.test", p, &spool1, sink_addr, &opts)
-        });
-    let (_edge2, edge2_addr) =
-        start_server("edge2", &scratch.join("edge2.log"), Some(NODE_READY), |p| {
-            edge_cmd("edge2.test", p, &spool2, sink_addr, &opts)
-        });
-    let (_hub, hub_addr) = start_server("hub", &scratch.join("hub.log"), Some(NODE_READY), |p| {
+    let (mut edge1, edge1_addr) = start_node("edge1", &scratch.join("edge1.log"), runtime, |p| {
+        edge_cmd("edge1.test", p, &spool1, sink_addr, &opts)
+    });
+    let (_edge2, edge2_addr) = start_node("edge2", &scratch.join("edge2.log"), runtime, |p| {
+        edge_cmd("edge2.test", p, &spool2, sink_addr, &opts)
+    });
+    let (_hub, hub_addr) = start_node("hub", &scratch.join("hub.log"), runtime, |p| {
         hub_cmd("hub.test", p, &hub_spool, &[edge1_addr, edge2_addr], &opts)
     });
 

@@ -2,6 +2,10 @@
 //! `smtp-sink`, an `aiosmtpd` peer) on free loopback ports, each killed and reaped when its
 //! guard drops (also when the test fails), a small std::net SMTP client, and readers for the
 //! Maildir, dump directories and `xshadow queue`.
+//!
+//! The `xshadow` processes run on the runtime binding a test names ([`Runtime`]); the
+//! [`on_every_runtime!`] macro makes one `#[test]` per binding out of one scenario function, so
+//! a failure names the runtime. Declare the module with `#[macro_use] mod common;`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -352,11 +356,68 @@ pub fn restart_server(
     panic!("could not restart {name} on {addr}: {last:?}");
 }
 
+/// A runtime binding of the `xshadow` command: what `--runtime` selects for `edge`, `hub` and
+/// `sink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Runtime {
+    #[default]
+    Tokio,
+    Mio,
+    AsyncStd,
+}
+
+impl Runtime {
+    /// The value of `--runtime`.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Self::Tokio => "tokio",
+            Self::Mio => "mio",
+            Self::AsyncStd => "async-std",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.arg())
+    }
+}
+
+/// Three tests that run the scenario function `$scenario(Runtime)` on tokio, mio and
+/// async-std, under the three names given (`…_on_tokio`, `…_on_mio`, `…_on_async_std`).
+/// Attributes before the scenario (`#[ignore = "…"]`) go on all three. The mio and async-std
+/// tests exist when the package is built with that binding (`--all-features` builds all).
+#[allow(unused_macros)]
+macro_rules! on_every_runtime {
+    ($(#[$attr:meta])* $scenario:ident => $tokio:ident, $mio:ident, $async_std:ident $(,)?) => {
+        $(#[$attr])*
+        #[test]
+        fn $tokio() {
+            $scenario(common::Runtime::Tokio)
+        }
+
+        $(#[$attr])*
+        #[cfg(feature = "mio")]
+        #[test]
+        fn $mio() {
+            $scenario(common::Runtime::Mio)
+        }
+
+        $(#[$attr])*
+        #[cfg(feature = "async-std")]
+        #[test]
+        fn $async_std() {
+            $scenario(common::Runtime::AsyncStd)
+        }
+    };
+}
+
 /// Command lines of the `xshadow` nodes.
 pub struct NodeOpts {
     pub heartbeat: &'static str,
     pub max_ack_delay: &'static str,
     pub resubmit_after: &'static str,
+    pub runtime: Runtime,
 }
 
 impl Default for NodeOpts {
@@ -365,6 +426,17 @@ impl Default for NodeOpts {
             heartbeat: "300ms",
             max_ack_delay: "0s",
             resubmit_after: "3h",
+            runtime: Runtime::Tokio,
+        }
+    }
+}
+
+impl NodeOpts {
+    /// The defaults on `runtime`.
+    pub fn on(runtime: Runtime) -> Self {
+        Self {
+            runtime,
+            ..Self::default()
         }
     }
 }
@@ -376,7 +448,8 @@ fn node_common(cmd: &mut Command, name: &str, port: u16, spool: &Path, o: &NodeO
         .arg(spool)
         .args(["--heartbeat", o.heartbeat])
         .args(["--max-ack-delay", o.max_ack_delay])
-        .args(["--resubmit-after", o.resubmit_after]);
+        .args(["--resubmit-after", o.resubmit_after])
+        .args(["--runtime", o.runtime.arg()]);
 }
 
 /// `xshadow edge` relaying to `relay`, accepting XSHADOW from loopback.
@@ -402,9 +475,37 @@ pub fn hub_cmd(name: &str, port: u16, spool: &Path, edges: &[SocketAddr], o: &No
 
 pub const NODE_READY: &str = "listening";
 
-/// `xshadow sink` into `maildir`.
-pub fn start_xshadow_sink(scratch: &Scratch, maildir: &Path) -> (Proc, SocketAddr) {
-    start_server(
+/// Panics unless `proc`'s log shows a node or sink that started on `runtime`: the line the
+/// command logs once it listens names the runtime (`runtime=mio`); tokio's sink line names
+/// none, so for tokio it is enough that no other runtime is named.
+pub fn assert_runs_on(proc: &Proc, runtime: Runtime) {
+    let log = proc.log_text();
+    let listening = log
+        .lines()
+        .find(|l| l.contains("listening"))
+        .unwrap_or_else(|| panic!("{} logged no \"listening\" line:\n{log}", proc.name));
+    let named = [Runtime::Tokio, Runtime::Mio, Runtime::AsyncStd]
+        .into_iter()
+        .filter(|r| listening.contains(&format!("runtime={}", r.arg())))
+        .collect::<Vec<_>>();
+    let ok = match runtime {
+        Runtime::Tokio => named.is_empty() || named == [Runtime::Tokio],
+        other => named == [other],
+    };
+    assert!(
+        ok,
+        "{} should run on {runtime}, its log says: {listening}",
+        proc.name
+    );
+}
+
+/// `xshadow sink --runtime RUNTIME` into `maildir`.
+pub fn start_xshadow_sink(
+    scratch: &Scratch,
+    maildir: &Path,
+    runtime: Runtime,
+) -> (Proc, SocketAddr) {
+    let (proc, addr) = start_server(
         "xshadow sink",
         &scratch.join("sink.log"),
         Some("sink listening"),
@@ -413,10 +514,26 @@ pub fn start_xshadow_sink(scratch: &Scratch, maildir: &Path) -> (Proc, SocketAdd
             cmd.arg("sink")
                 .args(["--listen", &loopback(port).to_string()])
                 .arg("--maildir")
-                .arg(maildir);
+                .arg(maildir)
+                .args(["--runtime", runtime.arg()]);
             cmd
         },
-    )
+    );
+    assert_runs_on(&proc, runtime);
+    (proc, addr)
+}
+
+/// Starts `xshadow edge` or `xshadow hub` (`make(port)`, from [`edge_cmd`] or [`hub_cmd`]) on
+/// a free port, waits until it listens and checks that it runs on `runtime`.
+pub fn start_node(
+    name: &str,
+    log: &Path,
+    runtime: Runtime,
+    make: impl Fn(u16) -> Command,
+) -> (Proc, SocketAddr) {
+    let (proc, addr) = start_server(name, log, Some(NODE_READY), make);
+    assert_runs_on(&proc, runtime);
+    (proc, addr)
 }
 
 /// Postfix's `smtp-sink`, dumping every transaction into `dir` (world-writable: it runs as
