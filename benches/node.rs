@@ -32,6 +32,8 @@
 //! Instruction counts: with `NODE_BENCH_COUNT=<group>/<scenario>/<side>=<runs>` set, the
 //! binary runs that one scenario `runs` times (batches) and exits (see BENCHMARKS.md).
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::hint::black_box;
@@ -42,17 +44,14 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use xshadow::core::node::{ConnId, Input, Node, NodeConfig, NodeEvent, Output};
 use xshadow::core::session::{
-    ClientConfig, ClientEvent, ClientSession, Envelope, OutboundMessage, Recipient, ServerConfig,
-    ServerEvent, ServerSession,
+    ClientConfig, ClientEvent, ClientSession, OutboundMessage, ServerConfig, ServerSession,
 };
 use xshadow::core::store;
-use xshadow::core::wire::path::{ForwardPath, Mailbox, ReversePath};
-use xshadow::core::wire::{MailParams, RcptParams};
+
+use common::{KIB, Seen, answer_sink_events, envelope, message_body, on_cpu};
 
 /// Messages per iteration.
 const MESSAGES: usize = 100;
-
-const KIB: usize = 1024;
 
 const UNIX_START: u64 = 1_796_400_103_000;
 
@@ -64,66 +63,6 @@ const CLIENT: usize = 3;
 // ---------------------------------------------------------------------------------------------
 // Inputs
 // ---------------------------------------------------------------------------------------------
-
-/// A message of exactly `size` bytes: a few header lines, then prose in 76-byte lines + CRLF.
-fn message_body(size: usize) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "the",
-        "relay",
-        "shadow",
-        "message",
-        "queue",
-        "is",
-        "redundant",
-        "until",
-        "discard",
-        "server",
-        "primary",
-        "delivered",
-        "and",
-        "of",
-        "a",
-        "to",
-        "copy",
-        "mail",
-        "transport",
-    ];
-    let mut out = b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\n\
-Subject: benchmark message\r\nMessage-ID: <bench@example.org>\r\n\r\n"
-        .to_vec();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    while out.len() < size {
-        let room = (size - out.len()).min(78);
-        let mut line = Vec::with_capacity(78);
-        while line.len() + 2 < room {
-            let r = next();
-            line.extend_from_slice(WORDS[(r % WORDS.len() as u64) as usize].as_bytes());
-            line.push(if r % 9 == 0 { b'.' } else { b' ' });
-        }
-        line.truncate(room.saturating_sub(2));
-        line.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&line);
-    }
-    assert_eq!(out.len(), size);
-    out
-}
-
-fn envelope() -> Envelope {
-    Envelope {
-        from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
-        params: MailParams::default(),
-        recipients: vec![Recipient {
-            to: ForwardPath::Mailbox(Mailbox::new("bob", "example.net")),
-            params: RcptParams::default(),
-        }],
-    }
-}
 
 fn ip(host: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, (host + 1) as u8))
@@ -425,29 +364,20 @@ impl Graph {
         let Some(s) = sink.sessions.get_mut(&conn) else {
             return;
         };
+        let counters = &mut self.counters;
         let mut data = Vec::new();
         let mut closed = false;
         loop {
             let mut moved = s.poll_transmit(&mut data).is_some();
-            while let Some(event) = s.poll_event() {
-                moved = true;
-                let answered = match event {
-                    ServerEvent::MailFrom => s.accept_mail(now),
-                    ServerEvent::RcptTo => s.accept_rcpt(now),
-                    ServerEvent::MessageComplete(message) => {
-                        self.counters.sunk += 1;
-                        self.counters.sunk_bytes += message.body.len();
-                        black_box(&message);
-                        s.message_stored(now)
-                    }
-                    ServerEvent::Closed(_) => {
-                        closed = true;
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                };
-                answered.expect("the sink was asked");
-            }
+            // The sink offers no XSHADOW: only messages to count.
+            let drained = answer_sink_events(s, "", now, |seen| {
+                if let Seen::Message(message) = seen {
+                    counters.sunk += 1;
+                    counters.sunk_bytes += message.body.len();
+                }
+            });
+            moved |= drained.events;
+            closed |= drained.closed;
             if !moved {
                 break;
             }
@@ -655,15 +585,6 @@ impl Scenario {
             c.records[EDGE] - before.records[EDGE],
         );
     }
-}
-
-/// Time this thread spent on a CPU (Linux `/proc/thread-self/schedstat`), so that the
-/// instruction-count mode also gives a rate that does not count time spent descheduled while
-/// other processes load the machine.
-fn on_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns = stat.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
 }
 
 /// The instruction-count mode's loop, on its own so that callgrind can collect only inside

@@ -27,6 +27,8 @@
 //! binary runs that one scenario `runs` times and exits, for `valgrind --tool=cachegrind` or
 //! `--tool=callgrind` (see BENCHMARKS.md).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -36,18 +38,16 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use xshadow::core::node::{Node, NodeConfig};
 use xshadow::core::session::{
-    ClientConfig, ClientEvent, ClientSession, Envelope, OutboundMessage, Recipient, ServerConfig,
-    ServerEvent, ServerSession, ShadowOffer,
+    ClientConfig, ClientEvent, ClientSession, OutboundMessage, ServerConfig, ServerSession,
+    ShadowOffer,
 };
 use xshadow::core::shadow::MessageId;
 use xshadow::core::store::{StoreState, StoredCopy, StoredMessage};
-use xshadow::core::wire::path::{ForwardPath, Mailbox, ReversePath};
-use xshadow::core::wire::{MailParams, RcptParams};
+
+use common::{KIB, Seen, answer_sink_events, envelope, message_body, on_cpu};
 
 /// Messages per session (per iteration).
 const MESSAGES: usize = 100;
-
-const KIB: usize = 1024;
 
 const DBID: &str = "X+QUj+rOf0ag5pssHT5PUA==";
 const CONTEXT: &str = "aHViMS5leGFtcGxl";
@@ -55,67 +55,6 @@ const CONTEXT: &str = "aHViMS5leGFtcGxl";
 // ---------------------------------------------------------------------------------------------
 // Inputs
 // ---------------------------------------------------------------------------------------------
-
-/// A message of exactly `size` bytes: a few header lines, then prose in 76-byte lines + CRLF
-/// (sentences, so dots occur mid-line), ending in CRLF.
-fn message_body(size: usize) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "the",
-        "relay",
-        "shadow",
-        "message",
-        "queue",
-        "is",
-        "redundant",
-        "until",
-        "discard",
-        "server",
-        "primary",
-        "delivered",
-        "and",
-        "of",
-        "a",
-        "to",
-        "copy",
-        "mail",
-        "transport",
-    ];
-    let mut out = b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\n\
-Subject: benchmark message\r\nMessage-ID: <bench@example.org>\r\n\r\n"
-        .to_vec();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    while out.len() < size {
-        let room = (size - out.len()).min(78);
-        let mut line = Vec::with_capacity(78);
-        while line.len() + 2 < room {
-            let r = next();
-            line.extend_from_slice(WORDS[(r % WORDS.len() as u64) as usize].as_bytes());
-            line.push(if r % 9 == 0 { b'.' } else { b' ' });
-        }
-        line.truncate(room.saturating_sub(2));
-        line.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&line);
-    }
-    assert_eq!(out.len(), size);
-    out
-}
-
-fn envelope() -> Envelope {
-    Envelope {
-        from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
-        params: MailParams::default(),
-        recipients: vec![Recipient {
-            to: ForwardPath::Mailbox(Mailbox::new("bob", "example.net")),
-            params: RcptParams::default(),
-        }],
-    }
-}
 
 /// A version-4-shaped GUID, as `Node` makes them for `XSHADOW=`.
 fn shadow_id(i: u64) -> String {
@@ -220,34 +159,20 @@ fn run_session(
             bufs.c2s.clear();
             moved = true;
         }
-        while let Some(event) = server.poll_event() {
-            moved = true;
-            let answered = match event {
-                ServerEvent::MailFrom => server.accept_mail(now),
-                ServerEvent::RcptTo => server.accept_rcpt(now),
-                ServerEvent::MessageComplete(message) => {
-                    tally.stored += 1;
-                    tally.stored_bytes += message.body.len();
-                    tally.via_bdat += usize::from(message.via_bdat);
-                    tally.tagged += usize::from(message.shadow.is_some());
-                    if let Some(keep) = keep.as_deref_mut() {
-                        keep.push(message.body.clone());
-                    }
-                    black_box(&message);
-                    server.message_stored(now)
+        let drained = answer_sink_events(&mut server, DBID, now, |seen| match seen {
+            Seen::Message(message) => {
+                tally.stored += 1;
+                tally.stored_bytes += message.body.len();
+                tally.via_bdat += usize::from(message.via_bdat);
+                tally.tagged += usize::from(message.shadow.is_some());
+                if let Some(keep) = keep.as_deref_mut() {
+                    keep.push(message.body.clone());
                 }
-                ServerEvent::XShadow { .. } => {
-                    tally.xshadow_asked += 1;
-                    server.accept_xshadow(DBID, now)
-                }
-                ServerEvent::XqDiscard { .. } => {
-                    tally.xqdiscard_asked += 1;
-                    server.answer_xqdiscard::<&str>(&[], now).map(drop)
-                }
-                _ => Ok(()),
-            };
-            answered.expect("the server asked for this decision");
-        }
+            }
+            Seen::XShadow => tally.xshadow_asked += 1,
+            Seen::XqDiscard => tally.xqdiscard_asked += 1,
+        });
+        moved |= drained.events;
         if server.poll_transmit(&mut bufs.s2c).is_some() {
             client.handle_input(&bufs.s2c, now);
             bufs.s2c.clear();
@@ -329,12 +254,7 @@ fn idle_pair(shadow: bool, now: Instant) -> (ClientSession, ServerSession) {
             buf.clear();
             moved = true;
         }
-        while let Some(event) = server.poll_event() {
-            moved = true;
-            if let ServerEvent::XShadow { .. } = event {
-                server.accept_xshadow(DBID, now).expect("asked");
-            }
-        }
+        moved |= answer_sink_events(&mut server, DBID, now, |_| {}).events;
         if server.poll_transmit(&mut buf).is_some() {
             client.handle_input(&buf, now);
             buf.clear();
@@ -506,15 +426,6 @@ fn benches(scenarios: &[Scenario], now: Instant) -> Vec<Bench<'_>> {
         }),
     });
     list
-}
-
-/// Time this thread spent on a CPU (Linux `/proc/thread-self/schedstat`), so that the
-/// instruction-count mode also gives a rate that does not count time spent descheduled while
-/// other processes load the machine.
-fn on_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns = stat.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
 }
 
 /// The instruction-count mode's loop, on its own so that callgrind can collect only inside
