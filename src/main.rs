@@ -288,6 +288,9 @@ async fn run(command: Command) -> ExitCode {
 }
 
 async fn run_node(config: NodeConfig, args: &NodeArgs) -> ExitCode {
+    if let Err(err) = config.validate() {
+        return fail(&format!("{}: bad configuration: {err}", args.name));
+    }
     let settings = NodeSettings::new(config, args.listen, args.spool.clone());
     let node = match AnyNode::start(args.runtime, settings).await {
         Ok(node) => node,

@@ -273,6 +273,87 @@ impl NodeConfig {
     }
 }
 
+/// A [`NodeConfig`] that cannot run: which setting, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig {
+    /// The setting, as its field path (`server.max_line`).
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.setting, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+impl NodeConfig {
+    /// Checks the settings a node cannot run with (a name that cannot go on the wire, limits
+    /// of zero, a route without hops...). Bindings refuse to start a node that fails this.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let bad = |setting: &'static str, reason: &str| {
+            Err(InvalidConfig {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        let mut client = self.client.clone();
+        client.hostname = self.name.clone();
+        client.shadow_context = self.shadow_next_hops.then(|| self.shadow_context());
+        if let Err(e) = client.validate() {
+            let setting = match e {
+                crate::session::ConfigError::Hostname => "name",
+                crate::session::ConfigError::ShadowContext => "name (shadow context)",
+                crate::session::ConfigError::XqdiscardMax => "client.xqdiscard_max",
+                crate::session::ConfigError::MaxLine => "client.max_line",
+            };
+            return bad(setting, &e.to_string());
+        }
+        let server = &self.server;
+        if server.max_line < 512 {
+            return bad("server.max_line", "must be at least 512 (RFC 5321)");
+        }
+        if server.max_pending_output == 0 {
+            return bad(
+                "server.max_pending_output",
+                "must be above 0, or the server never reads a command",
+            );
+        }
+        if server.max_recipients == 0 {
+            return bad("server.max_recipients", "must be at least 1");
+        }
+        if server.max_message_size == 0 {
+            return bad("server.max_message_size", "must be at least 1");
+        }
+        if self.shadow.heartbeat_interval.is_zero() {
+            return bad("shadow.heartbeat_interval", "must be above zero");
+        }
+        if self.retry.first.is_zero() || self.retry.max < self.retry.first {
+            return bad("retry", "first must be above zero and max at least first");
+        }
+        if self.max_messages_per_session == 0 || self.max_connections_per_hop == 0 {
+            return bad(
+                "max_messages_per_session / max_connections_per_hop",
+                "must be at least 1",
+            );
+        }
+        if let Some(r) = self
+            .routes
+            .iter()
+            .find(|r| r.domains.is_empty() || r.next_hops.is_empty())
+        {
+            return bad(
+                "routes",
+                &format!("a route needs domains and next hops: {r:?}"),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What happened, for the node to react to.
 #[derive(Debug)]
 pub enum Input<'a> {
@@ -2262,6 +2343,44 @@ mod tests {
                 "RFC 4122 variant: {id}"
             );
             assert!(seen.insert(id));
+        }
+    }
+
+    #[test]
+    fn a_configuration_a_node_cannot_run_with_names_the_setting() {
+        assert_eq!(NodeConfig::new("edge.example").validate(), Ok(()));
+        type Spoil = Box<dyn Fn(&mut NodeConfig)>;
+        let cases: Vec<(&str, Spoil)> = vec![
+            ("name", Box::new(|c| c.name = "two words".into())),
+            ("server.max_line", Box::new(|c| c.server.max_line = 100)),
+            (
+                "server.max_pending_output",
+                Box::new(|c| c.server.max_pending_output = 0),
+            ),
+            (
+                "server.max_recipients",
+                Box::new(|c| c.server.max_recipients = 0),
+            ),
+            (
+                "shadow.heartbeat_interval",
+                Box::new(|c| c.shadow.heartbeat_interval = Duration::ZERO),
+            ),
+            ("retry", Box::new(|c| c.retry.max = Duration::from_secs(1))),
+            (
+                "routes",
+                Box::new(|c| {
+                    c.routes.push(Route {
+                        domains: vec!["a.test".into()],
+                        next_hops: vec![],
+                    })
+                }),
+            ),
+        ];
+        for (setting, spoil) in cases {
+            let mut config = NodeConfig::new("edge.example");
+            spoil(&mut config);
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
         }
     }
 }
