@@ -28,9 +28,7 @@
 //! largest reply and the messages, never by the bytes fed.
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
@@ -42,54 +40,13 @@ use xshadow_core::wire::{
     Command, DotReader, ForwardPath, Frame, LineReader, MailParams, Mailbox, RcptParams,
     ReplyReader, ReversePath,
 };
+use xshadow_fuzz::session::{
+    Controls, CountingAllocator, live, take_byte, take_bytes, take_controls,
+};
 use xshadow_fuzz::{hash, remap, split};
 
-/// Counts the bytes live on the heap, so the target can measure what the session holds.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-fn grew(by: usize) {
-    LIVE.fetch_add(by as isize, Ordering::Relaxed);
-}
-
-fn shrank(by: usize) {
-    LIVE.fetch_sub(by as isize, Ordering::Relaxed);
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            shrank(layout.size());
-            grew(new_size);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        shrank(layout.size());
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
-}
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// Whole reply lines and fragments of them: what the remapped wire is made of.
 const REPLIES: &[&[u8]] = &[
@@ -150,11 +107,10 @@ const REPLIES: &[&[u8]] = &[
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let (cfg, rest) = data.split_first().map_or((0, data), |(&b, r)| (b, r));
-    let (count, rest) = rest.split_first().map_or((0, rest), |(&b, r)| (b, r));
-    let (specs, rest) = rest.split_at(usize::from(count % 5).min(rest.len()));
-    let (n, rest) = rest.split_first().map_or((0, rest), |(&b, r)| (b, r));
-    let (ctl, wire) = rest.split_at(usize::from(n).min(rest.len()));
+    let (cfg, rest) = take_byte(data);
+    let (count, rest) = take_byte(rest);
+    let (specs, rest) = take_bytes(rest, usize::from(count % 5));
+    let (ctl, wire) = take_controls(rest);
     let seed = hash(data);
     run(cfg, specs, ctl, wire, seed);
     run(cfg, specs, ctl, &remap(wire, REPLIES), seed);
@@ -506,17 +462,6 @@ impl Wire {
     }
 }
 
-/// The control stream: one byte per step while it lasts.
-struct Ctl<'a>(&'a [u8]);
-
-impl Ctl<'_> {
-    fn next(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Accepted,
@@ -559,7 +504,7 @@ struct Driver<'a> {
 /// The most driver steps per run.
 const MAX_STEPS: usize = 2048;
 
-fn run(cfg: u8, specs: &[u8], ctl: &[u8], wire: &[u8], seed: u64) {
+fn run(cfg: u8, specs: &[u8], mut ctl: Controls<'_>, wire: &[u8], seed: u64) {
     let config = config(cfg, seed);
     let max_line = config.max_line;
     let messages: Vec<OutboundMessage> = specs
@@ -613,7 +558,6 @@ fn run(cfg: u8, specs: &[u8], ctl: &[u8], wire: &[u8], seed: u64) {
     if cfg & 16 == 0 {
         d.finish(cfg & 32 != 0);
     }
-    let mut ctl = Ctl(ctl);
     for _ in 0..MAX_STEPS {
         if d.closed > 0 {
             break;

@@ -23,63 +23,18 @@
 //! size limit and the recipients), never of the bytes fed (up to 256 KiB per run).
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use xshadow_core::session::server::{ServerTimeouts, ShadowOffer};
 use xshadow_core::session::{Envelope, Recipient, ServerConfig, ServerEvent, ServerSession};
 use xshadow_core::wire::{EnhancedStatus, Reply, ReplyReader};
+use xshadow_fuzz::session::{Controls, CountingAllocator, live, take_byte, take_controls};
 use xshadow_fuzz::{hash, remap, split};
 
-/// Counts the bytes live on the heap, so the target can measure what the session holds.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-fn grew(by: usize) {
-    LIVE.fetch_add(by as isize, Ordering::Relaxed);
-}
-
-fn shrank(by: usize) {
-    LIVE.fetch_sub(by as isize, Ordering::Relaxed);
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            shrank(layout.size());
-            grew(new_size);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        shrank(layout.size());
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
-}
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// Whole command lines, body fragments and pieces of lines: what the remapped wire is made of.
 const SESSION: &[&[u8]] = &[
@@ -141,9 +96,8 @@ const FEED_CAP: usize = 256 * 1024;
 const MAX_STEPS: usize = 2048;
 
 fuzz_target!(|data: &[u8]| {
-    let (cfg, rest) = data.split_first().map_or((0, data), |(&b, r)| (b, r));
-    let (n, rest) = rest.split_first().map_or((0, rest), |(&b, r)| (b, r));
-    let (ctl, wire) = rest.split_at(usize::from(n).min(rest.len()));
+    let (cfg, rest) = take_byte(data);
+    let (ctl, wire) = take_controls(rest);
     let seed = hash(data);
     run(cfg, ctl, wire, seed);
     run(cfg, ctl, &remap(wire, SESSION), seed);
@@ -191,17 +145,6 @@ enum Decision {
     Tls,
 }
 
-/// The control stream: one byte per step while it lasts.
-struct Ctl<'a>(&'a [u8]);
-
-impl Ctl<'_> {
-    fn next(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-}
-
 struct Driver<'a> {
     s: ServerSession,
     config: Arc<ServerConfig>,
@@ -223,7 +166,7 @@ struct Driver<'a> {
     drained_events: usize,
 }
 
-fn run(cfg: u8, ctl: &[u8], wire: &[u8], seed: u64) {
+fn run(cfg: u8, mut ctl: Controls<'_>, wire: &[u8], seed: u64) {
     let config = Arc::new(config(cfg, seed));
     let may_shadow = cfg & 16 == 0;
     let pieces = split(wire, seed >> 3);
@@ -249,7 +192,6 @@ fn run(cfg: u8, ctl: &[u8], wire: &[u8], seed: u64) {
         drained_events: 0,
     };
     d.drain();
-    let mut ctl = Ctl(ctl);
     for _ in 0..MAX_STEPS {
         if d.closed > 0 {
             break;

@@ -7,6 +7,8 @@
 //! - [`split`] cuts a buffer into pieces in a way chosen by a selector (whole, byte by byte,
 //!   small, large, with empty pieces), for "same result at any split" checks.
 //! - [`hash`] derives a stable selector from the input itself.
+//! - [`session`]: the driver prologue of the session targets: the heap-counting allocator,
+//!   the input's header bytes and the control stream.
 
 /// Maps every byte of `data` to `alphabet[byte % alphabet.len()]` and concatenates the tokens.
 pub fn remap(data: &[u8], alphabet: &[&[u8]]) -> Vec<u8> {
@@ -311,4 +313,92 @@ pub mod alphabet {
         b"BDAT 5\r\n",
         b"BDAT 18446744073709551615\r\n",
     ];
+}
+
+/// What the session targets (`server_session`, `client_session`) share before their drivers
+/// differ: a global allocator that counts the bytes live on the heap (to bound what a session
+/// holds), the header bytes of an input and its control stream.
+///
+/// A target installs the allocator with
+/// `#[global_allocator] static ALLOCATOR: CountingAllocator = CountingAllocator;`.
+pub mod session {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicIsize, Ordering};
+
+    /// Counts the bytes live on the heap, so a target can measure what a session holds.
+    pub struct CountingAllocator;
+
+    static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+    fn grew(by: usize) {
+        LIVE.fetch_add(by as isize, Ordering::Relaxed);
+    }
+
+    fn shrank(by: usize) {
+        LIVE.fetch_sub(by as isize, Ordering::Relaxed);
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator.
+    unsafe impl GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            grew(layout.size());
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            grew(layout.size());
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                shrank(layout.size());
+                grew(new_size);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            shrank(layout.size());
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    /// Bytes live on the heap now, as counted by [`CountingAllocator`] (only meaningful in a
+    /// target that installed it; compare two readings).
+    pub fn live() -> isize {
+        LIVE.load(Ordering::Relaxed)
+    }
+
+    /// The first byte of `data` (0 when empty) and the rest.
+    pub fn take_byte(data: &[u8]) -> (u8, &[u8]) {
+        data.split_first().map_or((0, data), |(&b, rest)| (b, rest))
+    }
+
+    /// The first `n` bytes of `data` (fewer when it is shorter) and the rest.
+    pub fn take_bytes(data: &[u8], n: usize) -> (&[u8], &[u8]) {
+        data.split_at(n.min(data.len()))
+    }
+
+    /// A count byte `n`, then the `n` bytes after it (fewer when the input ends): the control
+    /// stream; returns it and the rest (the wire).
+    pub fn take_controls(data: &[u8]) -> (Controls<'_>, &[u8]) {
+        let (n, rest) = take_byte(data);
+        let (controls, wire) = take_bytes(rest, usize::from(n));
+        (Controls(controls), wire)
+    }
+
+    /// The control stream: one byte per driver step while it lasts.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Controls<'a>(&'a [u8]);
+
+    impl Controls<'_> {
+        /// The next control byte, if any is left.
+        pub fn next(&mut self) -> Option<u8> {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            Some(b)
+        }
+    }
 }
