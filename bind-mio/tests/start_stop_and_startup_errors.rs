@@ -132,6 +132,24 @@ fn a_spool_directory_in_use_is_a_clear_error() {
 }
 
 #[test]
+fn a_configuration_the_node_cannot_run_with_is_refused_before_the_spool_is_touched() {
+    let spool = TempDir::new("badconfig");
+    let mut config = edge_to_nowhere();
+    config.server.max_pending_output = 0;
+    let Err(err) = xshadow_mio::start(settings(config, spool.path())) else {
+        panic!("a node that would never read a command started");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(
+        err.to_string().contains("server.max_pending_output"),
+        "{err}"
+    );
+    let node = xshadow_mio::start(settings(edge_to_nowhere(), spool.path())).unwrap();
+    node.handle().stop();
+    node.wait().unwrap();
+}
+
+#[test]
 fn a_port_in_use_is_a_clear_error_and_leaves_the_spool_free() {
     let spool = TempDir::new("port");
     let taken = TcpListener::bind(loopback()).unwrap();

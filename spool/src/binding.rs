@@ -116,7 +116,12 @@ pub fn unix_ms() -> u64 {
 
 /// Opens the spool of `settings` and rebuilds the node from its records at `now` (the
 /// binding's clock), seeded by [`Settings::node_seed`]. The spool is not writing yet: spawn it.
+/// A configuration that fails [`NodeConfig::validate`] is refused (`InvalidInput`).
 pub fn open_node(settings: &Settings, now: Instant) -> io::Result<(Spool, Node)> {
+    settings
+        .node
+        .validate()
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
     let (spool, state) =
         Spool::open(&settings.spool, SpoolOptions::default()).map_err(io::Error::other)?;
     let node = Node::recover(
