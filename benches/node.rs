@@ -171,6 +171,10 @@ impl Graph {
         for config in [&mut hub, &mut edge] {
             // 250 once persisted, also to senders without XSHADOW (see the module docs).
             config.max_ack_delay = Duration::ZERO;
+            // Time is frozen here, so a lingering session would never end (and the hub would
+            // never ask XQDISCARD): sessions end once idle; messages that arrive while a
+            // session is still sending join it.
+            config.session_linger = Duration::ZERO;
             if let Some(max) = max_conns {
                 config.max_connections_per_hop = max;
             }
