@@ -3,7 +3,8 @@
 //!
 //! Wall-clock time comes in as Unix milliseconds; nothing here reads a clock.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
 
 use crate::session::Envelope;
 use crate::wire::path::ForwardPath;
@@ -50,27 +51,67 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// The `Received:` header a node prepends to every message it accepts (RFC 5321 §4.4).
-pub fn received_header(
-    by: &str,
-    helo: &str,
-    peer: &str,
-    id: u64,
-    for_one: Option<&ForwardPath<'_>>,
-    unix_ms: u64,
-) -> String {
-    let mut h = String::with_capacity(96 + helo.len() + peer.len() + by.len());
+/// The RFC 5322 date text of the current second, remade only when the second changes.
+#[derive(Debug, Clone, Default)]
+pub struct DateCache {
+    second: Option<u64>,
+    text: String,
+}
+
+impl DateCache {
+    /// The date text for `unix_ms`, as [`rfc5322_date`] gives it.
+    pub fn get(&mut self, unix_ms: u64) -> &str {
+        let second = unix_ms / 1000;
+        if self.second != Some(second) {
+            self.text.clear();
+            write_rfc5322_date(&mut self.text, unix_ms);
+            self.second = Some(second);
+        }
+        &self.text
+    }
+}
+
+/// What a node says about a message in the `Received:` header it prepends (RFC 5321 §4.4).
+#[derive(Clone, Copy)]
+pub struct Trace<'a> {
+    /// Our name.
+    pub by: &'a str,
+    /// The name the sender gave in EHLO/HELO.
+    pub helo: &'a str,
+    /// The sender's address (or how the message came in).
+    pub peer: &'a dyn fmt::Display,
+    /// Our id for the message.
+    pub id: u64,
+    /// The recipient, when there is exactly one.
+    pub for_one: Option<&'a ForwardPath<'a>>,
+    /// The date text ([`rfc5322_date`]).
+    pub date: &'a str,
+}
+
+/// The message as a node stores it: its `Received:` header, then `body` unchanged, in one
+/// buffer.
+pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
+    let Trace {
+        by,
+        helo,
+        peer,
+        id,
+        for_one,
+        date,
+    } = *trace;
+    let mut out = Vec::with_capacity(160 + helo.len() + by.len() + date.len() + body.len());
     let _ = write!(
-        h,
+        out,
         "Received: from {helo} ({peer})\r\n\tby {by} (xshadow) with ESMTP id {id:016x}"
     );
     if let Some(ForwardPath::Mailbox(m)) = for_one {
-        let _ = write!(h, "\r\n\tfor <{m}>");
+        let _ = write!(out, "\r\n\tfor <{m}>");
     }
-    h.push_str(";\r\n\t");
-    write_rfc5322_date(&mut h, unix_ms);
-    h.push_str("\r\n");
-    h
+    out.extend_from_slice(b";\r\n\t");
+    out.extend_from_slice(date.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 /// One recipient that could not be delivered, for a bounce.
@@ -179,6 +220,40 @@ fn headers_of(body: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_received_header_goes_in_front_of_the_unchanged_body() {
+        let to = ForwardPath::Mailbox(crate::wire::path::Mailbox::new("bob", "example.net"));
+        let mut dates = DateCache::default();
+        let date = dates.get(1_796_400_103_000).to_owned();
+        let stored = prepend_received(
+            &Trace {
+                by: "edge1.example",
+                helo: "hub.example",
+                peer: &"192.0.2.7",
+                id: 0x2a,
+                for_one: Some(&to),
+                date: &date,
+            },
+            b"Subject: x\r\n\r\nbody\r\n",
+        );
+        assert_eq!(
+            String::from_utf8(stored).unwrap(),
+            format!(
+                "Received: from hub.example (192.0.2.7)\r\n\tby edge1.example (xshadow) with ESMTP id 000000000000002a\r\n\tfor <bob@example.net>;\r\n\t{}\r\nSubject: x\r\n\r\nbody\r\n",
+                rfc5322_date(1_796_400_103_000)
+            )
+        );
+    }
+
+    #[test]
+    fn the_date_cache_changes_with_the_second() {
+        let mut dates = DateCache::default();
+        assert_eq!(dates.get(1_000), rfc5322_date(1_000));
+        assert_eq!(dates.get(1_999), rfc5322_date(1_000));
+        assert_eq!(dates.get(2_000), rfc5322_date(2_000));
+        assert_eq!(dates.get(0), rfc5322_date(0));
+    }
     use crate::session::Recipient;
     use crate::wire::params::{MailParams, RcptParams};
     use crate::wire::path::{Mailbox, ReversePath};

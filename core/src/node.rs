@@ -731,6 +731,8 @@ pub struct Node {
     ack_conn: HashMap<MessageId, ConnId>,
     outputs: VecDeque<Output>,
     queued_bytes: usize,
+    /// The date text of Received headers, remade once a second.
+    dates: dsn::DateCache,
 }
 
 fn status(class: u8, subject: u16, detail: u16) -> Option<EnhancedStatus> {
@@ -803,6 +805,7 @@ impl Node {
             ack_conn: HashMap::new(),
             outputs: VecDeque::new(),
             queued_bytes: 0,
+            dates: dsn::DateCache::default(),
             config,
         };
         match state.database_id {
@@ -893,15 +896,16 @@ impl Node {
     pub fn submit(&mut self, envelope: Envelope, body: &[u8], now: Instant) -> MessageId {
         self.now = now;
         let id = self.new_message_id();
-        let header = dsn::received_header(
-            &self.config.name,
-            "localhost",
-            "local submission",
-            id.0,
-            None,
-            self.unix_ms(now),
-        );
-        let body: Arc<[u8]> = [header.as_bytes(), body].concat().into();
+        let unix_ms = self.unix_ms(now);
+        let trace = dsn::Trace {
+            by: &self.config.name,
+            helo: "localhost",
+            peer: &"local submission",
+            id: id.0,
+            for_one: None,
+            date: self.dates.get(unix_ms),
+        };
+        let body: Arc<[u8]> = dsn::prepend_received(&trace, body).into();
         self.accept_message(id, envelope, body, None, None);
         self.finish_step();
         id
@@ -1336,15 +1340,16 @@ impl Node {
             [only] => Some(&only.to),
             _ => None,
         };
-        let header = dsn::received_header(
-            &self.config.name,
+        let unix_ms = self.unix_ms(self.now);
+        let trace = dsn::Trace {
+            by: &self.config.name,
             helo,
-            &peer.to_string(),
-            id.0,
-            one,
-            self.unix_ms(self.now),
-        );
-        let body: Arc<[u8]> = [header.as_bytes(), &message.body].concat().into();
+            peer: &peer,
+            id: id.0,
+            for_one: one,
+            date: self.dates.get(unix_ms),
+        };
+        let body: Arc<[u8]> = dsn::prepend_received(&trace, &message.body).into();
         let primary_for = match message.shadow {
             Some(ShadowTag::Primary {
                 context,
@@ -1960,64 +1965,73 @@ impl Node {
         let Some(m) = self.messages.get(&id) else {
             return;
         };
-        #[derive(Clone)]
-        enum Verdict {
-            Taken,
-            Retry,
-            Failed(FailedRecipient),
-        }
-        let failed = |to: &crate::wire::path::ForwardPath<'static>, reply: &Reply<'_>| {
-            Verdict::Failed(FailedRecipient {
-                to: to.clone(),
-                status: enhanced_text(reply, "5.0.0"),
-                diagnostic: reply.to_string().trim_end().to_owned(),
-            })
-        };
-        let was_sent = |i: usize| sent.as_ref().is_none_or(|s| s.binary_search(&i).is_ok());
-        let mut verdicts: Vec<Verdict> = m
-            .envelope
-            .recipients
-            .iter()
-            .enumerate()
-            .map(|(i, r)| match whole {
-                _ if !was_sent(i) => Verdict::Retry,
-                None => Verdict::Taken,
-                Some((reply, true)) => failed(&r.to, reply),
-                Some((_, false)) => Verdict::Retry,
-            })
-            .collect();
-        for r in &refused {
-            let index = match &sent {
-                None => Some(r.index),
-                Some(s) => s.get(r.index).copied(),
-            };
-            if let Some(v) = index.and_then(|i| verdicts.get_mut(i)) {
-                *v = if r.permanent {
-                    failed(&r.to, &r.reply)
-                } else {
-                    Verdict::Retry
-                };
+        // `taken`: `None` when the hop took every recipient (the common case, no copying).
+        let (taken, retry, bounced) = if whole.is_none() && refused.is_empty() && sent.is_none() {
+            (None, Vec::new(), Vec::new())
+        } else {
+            #[derive(Clone)]
+            enum Verdict {
+                Taken,
+                Retry,
+                Failed(FailedRecipient),
             }
-        }
-        let pick = |want: fn(&Verdict) -> bool| -> Vec<Recipient> {
-            m.envelope
+            let failed = |to: &crate::wire::path::ForwardPath<'static>, reply: &Reply<'_>| {
+                Verdict::Failed(FailedRecipient {
+                    to: to.clone(),
+                    status: enhanced_text(reply, "5.0.0"),
+                    diagnostic: reply.to_string().trim_end().to_owned(),
+                })
+            };
+            let was_sent = |i: usize| sent.as_ref().is_none_or(|s| s.binary_search(&i).is_ok());
+            let mut verdicts: Vec<Verdict> = m
+                .envelope
                 .recipients
                 .iter()
-                .zip(&verdicts)
-                .filter(|(_, v)| want(v))
-                .map(|(r, _)| r.clone())
-                .collect()
+                .enumerate()
+                .map(|(i, r)| match whole {
+                    _ if !was_sent(i) => Verdict::Retry,
+                    None => Verdict::Taken,
+                    Some((reply, true)) => failed(&r.to, reply),
+                    Some((_, false)) => Verdict::Retry,
+                })
+                .collect();
+            for r in &refused {
+                let index = match &sent {
+                    None => Some(r.index),
+                    Some(s) => s.get(r.index).copied(),
+                };
+                if let Some(v) = index.and_then(|i| verdicts.get_mut(i)) {
+                    *v = if r.permanent {
+                        failed(&r.to, &r.reply)
+                    } else {
+                        Verdict::Retry
+                    };
+                }
+            }
+            let pick = |want: fn(&Verdict) -> bool| -> Vec<Recipient> {
+                m.envelope
+                    .recipients
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|(_, v)| want(v))
+                    .map(|(r, _)| r.clone())
+                    .collect()
+            };
+            let taken = pick(|v| matches!(v, Verdict::Taken));
+            let retry = pick(|v| matches!(v, Verdict::Retry));
+            let bounced: Vec<FailedRecipient> = verdicts
+                .iter()
+                .filter_map(|v| match v {
+                    Verdict::Failed(f) => Some(f.clone()),
+                    _ => None,
+                })
+                .collect();
+            (Some(taken), retry, bounced)
         };
-        let taken = pick(|v| matches!(v, Verdict::Taken));
-        let retry = pick(|v| matches!(v, Verdict::Retry));
-        let bounced: Vec<FailedRecipient> = verdicts
-            .iter()
-            .filter_map(|v| match v {
-                Verdict::Failed(f) => Some(f.clone()),
-                _ => None,
-            })
-            .collect();
-        if taken.is_empty() && bounced.is_empty() {
+        let any_taken = taken
+            .as_ref()
+            .map_or(!m.envelope.recipients.is_empty(), |t| !t.is_empty());
+        if !any_taken && bounced.is_empty() {
             let why = whole.map_or_else(String::new, |(r, _)| r.to_string().trim_end().to_owned());
             return self.defer(id, &why);
         }
@@ -2041,7 +2055,7 @@ impl Node {
         if let Some(pf) = primary_for {
             self.owe_discard(pf);
         }
-        match copy.filter(|_| !taken.is_empty()) {
+        match copy.filter(|_| any_taken) {
             Some((shadow_id, database_id)) => {
                 let at_ms = self.unix_ms(self.now);
                 self.batch.push(Record::Shadowed {
@@ -2056,7 +2070,9 @@ impl Node {
                         primary: hop.to_owned(),
                     };
                     m.primary_for = None;
-                    m.envelope.recipients = taken;
+                    if let Some(taken) = taken {
+                        m.envelope.recipients = taken;
+                    }
                 }
                 let resubmit = self
                     .shadow
@@ -2071,7 +2087,7 @@ impl Node {
             None => {
                 self.batch.push(Record::Done { id });
                 self.forget_message(id);
-                if !taken.is_empty() {
+                if any_taken {
                     self.outputs.push_back(Output::Event(NodeEvent::Delivered {
                         id,
                         hop: hop.to_owned(),
