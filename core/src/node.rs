@@ -1896,6 +1896,9 @@ impl Node {
             }
             ClientEvent::DiscardIds { ids, more_possible } => {
                 o.discard_answered = true;
+                // Any XQDISCARD reply proves the primary is there, also one of a loop that
+                // goes on: a failure of another session meanwhile must not count against it.
+                self.shadow.heartbeat_succeeded(&hop, now);
                 let discarded = self.shadow.discard(&hop, &ids);
                 if !discarded.dropped.is_empty() {
                     o.hold = true;
@@ -1916,8 +1919,6 @@ impl Node {
                     {
                         let _ = s.discard_more(more, now);
                     }
-                } else {
-                    self.shadow.heartbeat_succeeded(&hop, now);
                 }
             }
             ClientEvent::DiscardRefused { .. } => self.heartbeat_failed(&hop),
