@@ -65,6 +65,10 @@ struct Setup {
     narrow: bool,
     /// Small server limits (line, size, recipients, errors).
     small_limits: bool,
+    /// A route sends `example.net` (every recipient the script names) to its own hop.
+    routed: bool,
+    /// Outbound sessions end as soon as they are idle instead of lingering.
+    no_linger: bool,
     seed: u64,
 }
 
@@ -219,6 +223,16 @@ fn config(setup: &Setup) -> NodeConfig {
         c.max_messages_per_session = 1;
         c.max_connections_per_hop = 1;
     }
+    if setup.routed {
+        c.routes = vec![
+            "example.net,*.example.net=routed"
+                .parse()
+                .expect("a valid route"),
+        ];
+    }
+    if setup.no_linger {
+        c.session_linger = Duration::ZERO;
+    }
     if setup.small_limits {
         c.server.max_line = 80;
         c.server.max_message_size = 300;
@@ -256,7 +270,12 @@ struct World {
 impl World {
     fn new(setup: &Setup) -> Self {
         let config = config(setup);
-        let hops = config.next_hops.clone();
+        let hops: Vec<String> = config
+            .next_hops
+            .iter()
+            .chain(config.routes.iter().flat_map(|r| &r.next_hops))
+            .cloned()
+            .collect();
         let now = Instant::now();
         let node = Node::new(config, setup.seed, now, 1_700_000_000_000);
         let mut world = Self {
