@@ -1,5 +1,7 @@
-//! Small tokio drivers for one SMTP session over one TCP connection, used by the `sink`,
-//! `send` and `demo` commands (the relay nodes themselves run on `xshadow-tokio`).
+//! Small drivers for one SMTP session over one TCP connection, used by the `sink`, `send`
+//! and `demo` commands (the relay nodes themselves run on the bindings): the sink's protocol
+//! decisions and drain step, shared by its three runtimes ([`crate::sink`]), and the tokio
+//! drivers of a sink session and of a client session.
 
 use std::io;
 use std::time::Duration;
@@ -65,6 +67,28 @@ pub fn stored(session: &mut ServerSession, result: io::Result<()>) -> io::Result
     }
 }
 
+/// The drain rule for a sink's session: moves its replies into `out` and answers its
+/// decisions until it has nothing more, or until it hands over a complete message. The caller
+/// then stores the message, reports the outcome with [`stored`] and calls this again; until
+/// then the session waits (it neither reads nor times out).
+pub fn drain_as_sink(
+    session: &mut ServerSession,
+    out: &mut Vec<u8>,
+) -> io::Result<Option<Box<ReceivedMessage>>> {
+    loop {
+        let mut moved = session.poll_transmit(out).is_some();
+        while let Some(event) = session.poll_event() {
+            moved = true;
+            if let Some(message) = answer_as_sink(session, event)? {
+                return Ok(Some(message));
+            }
+        }
+        if !moved {
+            return Ok(None);
+        }
+    }
+}
+
 /// Runs a final-destination server session on `stream` until it closes; `store` is called
 /// for every complete message (the 250 waits for it).
 pub async fn serve<F, Fut>(
@@ -79,19 +103,9 @@ where
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
-        // The drain rule.
-        loop {
-            let mut moved = session.poll_transmit(&mut out).is_some();
-            while let Some(event) = session.poll_event() {
-                moved = true;
-                if let Some(message) = answer_as_sink(&mut session, event)? {
-                    let result = store(message).await;
-                    stored(&mut session, result)?;
-                }
-            }
-            if !moved {
-                break;
-            }
+        while let Some(message) = drain_as_sink(&mut session, &mut out)? {
+            let result = store(message).await;
+            stored(&mut session, result)?;
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
@@ -107,61 +121,6 @@ where
                 Ok(n) => session.handle_input(&buf[..n], std::time::Instant::now()),
             },
             () = sleep_until(session.poll_timeout()) => session.handle_timeout(std::time::Instant::now()),
-        }
-    }
-}
-
-/// The same as [`serve`] on a blocking socket, for the thread-per-connection sink that goes
-/// with the mio runtime (no async runtime at all).
-pub fn serve_blocking(
-    mut stream: std::net::TcpStream,
-    mut session: ServerSession,
-    mut store: impl FnMut(&ReceivedMessage) -> io::Result<()>,
-) -> io::Result<()> {
-    use std::io::{Read, Write};
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = Vec::new();
-    loop {
-        loop {
-            let mut moved = session.poll_transmit(&mut out).is_some();
-            while let Some(event) = session.poll_event() {
-                moved = true;
-                if let Some(message) = answer_as_sink(&mut session, event)? {
-                    let result = store(&message);
-                    stored(&mut session, result)?;
-                }
-            }
-            if !moved {
-                break;
-            }
-        }
-        if !out.is_empty() {
-            stream.write_all(&out)?;
-            out.clear();
-        }
-        if session.is_closed() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            return Ok(());
-        }
-        // The session's timer becomes the socket's read timeout.
-        let now = std::time::Instant::now();
-        let wait = session.poll_timeout().map(|d| {
-            d.saturating_duration_since(now)
-                .max(Duration::from_millis(1))
-        });
-        stream.set_read_timeout(wait)?;
-        match stream.read(&mut buf) {
-            Ok(0) => session.handle_eof(std::time::Instant::now()),
-            Ok(n) => session.handle_input(&buf[..n], std::time::Instant::now()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                session.handle_timeout(std::time::Instant::now())
-            }
-            Err(_) => session.handle_eof(std::time::Instant::now()),
         }
     }
 }

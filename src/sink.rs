@@ -1,5 +1,17 @@
 //! `xshadow sink`: a final destination that accepts any recipient and writes each message to
 //! a Maildir, durably, before it says 250.
+//!
+//! The sink runs on the runtime `--runtime` names, each driving the same [`ServerSession`]
+//! with the same decisions ([`drive::answer_as_sink`], [`drive::drain_as_sink`]) and the same
+//! [`Maildir`]:
+//! - tokio ([`serve`]): one task per connection; the Maildir write on `spawn_blocking`;
+//! - async-std ([`on_async_std`], feature `async-std`): async-io/async-net sockets, one task
+//!   per connection on `async-global-executor`; the Maildir write on its blocking pool;
+//! - mio ([`on_mio`], feature `mio`): one thread with a `mio::Poll` loop over non-blocking
+//!   sockets; the Maildir writes on a few delivery threads that wake the loop when done.
+//!
+//! On every runtime the 250 is sent only after the message is renamed into `new/` and the
+//! directory is synced.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -14,6 +26,12 @@ use xshadow_core::session::{ReceivedMessage, ServerConfig, ServerSession};
 use xshadow_core::wire::path::ForwardPath;
 
 use crate::drive;
+use crate::runtime::Runtime;
+
+#[cfg(feature = "async-std")]
+pub mod on_async_std;
+#[cfg(feature = "mio")]
+pub mod on_mio;
 
 /// A Maildir (`tmp/`, `new/`, `cur/`) that messages are delivered into.
 #[derive(Debug, Clone)]
@@ -121,59 +139,52 @@ pub async fn serve(listener: TcpListener, maildir: Maildir, name: String) -> io:
     }
 }
 
-/// Accepts SMTP on `listener` forever with one thread per connection and no async runtime
-/// (the sink of `--runtime mio`).
-pub fn serve_blocking(
-    listener: std::net::TcpListener,
-    maildir: Maildir,
-    name: String,
-) -> io::Result<()> {
-    let config = Arc::new(sink_config(&name));
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::warn!(%err, "accept failed");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let session = ServerSession::new(config.clone(), false, std::time::Instant::now());
-        let (maildir, name) = (maildir.clone(), name.clone());
-        std::thread::spawn(move || {
-            let result = drive::serve_blocking(stream, session, |message| {
-                maildir.deliver(message, &name).map(|_| ())
-            });
-            if let Err(err) = result {
-                tracing::debug!(%err, "sink session ended with an error");
-            }
-        });
-    }
-    Ok(())
-}
-
-/// Binds and runs a sink on `runtime` until the process ends.
-pub async fn run(
-    listen: SocketAddr,
-    dir: &Path,
-    runtime: crate::runtime::Runtime,
-) -> io::Result<()> {
+/// Binds and runs a sink on `runtime` until the process ends or this future is dropped
+/// (which stops accepting).
+pub async fn run(listen: SocketAddr, dir: &Path, runtime: Runtime) -> io::Result<()> {
     let maildir = Maildir::create(dir)?;
     let name = "sink.localhost".to_owned();
     match runtime {
-        crate::runtime::Runtime::Tokio => {
+        Runtime::Tokio => {
             let listener = TcpListener::bind(listen).await?;
             tracing::info!(addr = %listener.local_addr()?, maildir = %dir.display(), "sink listening");
             serve(listener, maildir, name).await
         }
-        // Neither mio nor async-std needs more than blocking sockets to write a Maildir: the
-        // sink runs one thread per connection, without any async runtime.
-        crate::runtime::Runtime::Mio | crate::runtime::Runtime::AsyncStd => {
-            let listener = std::net::TcpListener::bind(listen)?;
+        #[cfg(feature = "async-std")]
+        Runtime::AsyncStd => {
+            let listener = on_async_std::bind(listen).await?;
             tracing::info!(addr = %listener.local_addr()?, maildir = %dir.display(), %runtime, "sink listening");
-            tokio::task::spawn_blocking(move || serve_blocking(listener, maildir, name))
+            // Dropping the task (this future was dropped) ends the accept loop.
+            async_global_executor::spawn(on_async_std::serve(listener, maildir, name)).await
+        }
+        #[cfg(feature = "mio")]
+        Runtime::Mio => {
+            let sink = on_mio::MioSink::bind(listen)?;
+            tracing::info!(addr = %sink.local_addr()?, maildir = %dir.display(), %runtime, "sink listening");
+            // The loop blocks its thread: stop it when this future is dropped, or the process
+            // could not end (tokio waits for its blocking threads).
+            let _stop = StopOnDrop(sink.stopper());
+            tokio::task::spawn_blocking(move || sink.run(maildir, name))
                 .await
                 .map_err(io::Error::other)?
         }
+        #[allow(unreachable_patterns)]
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "this xshadow was built without the {other} runtime (cargo feature \"{other}\")"
+            ),
+        )),
+    }
+}
+
+/// Stops the mio sink's loop when dropped.
+#[cfg(feature = "mio")]
+struct StopOnDrop(on_mio::Stopper);
+
+#[cfg(feature = "mio")]
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
