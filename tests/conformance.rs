@@ -14,10 +14,13 @@
 //! driver, and the client's peer address is 127.0.0.1 on all of them.
 //!
 //! Plus a mixed deployment: a tokio hub shadowing through a mio edge whose next hop is an
-//! async-std node, which delivers to the capturing sink.
+//! async-std node, which delivers to an `xshadow sink --runtime async-std` process (the
+//! command's own binary, from `tests/common`); its Maildir must hold each message once, as
+//! submitted.
 
 #![forbid(unsafe_code)]
 
+mod common;
 #[path = "conformance/memory.rs"]
 mod memory;
 #[path = "conformance/runtimes.rs"]

@@ -1,5 +1,6 @@
 //! The runtime bindings behind one face ([`Binding`]), a scripted client on blocking
-//! loopback sockets that runs a [`Scenario`] against any of them, and the mixed deployment.
+//! loopback sockets that runs a [`Scenario`] against any of them, and the mixed deployment
+//! (whose final destination is an `xshadow sink --runtime async-std` process).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +14,8 @@ use xshadow_spool::binding::Settings;
 
 use super::sink::TcpSink;
 use super::{Outcome, SEED, Scenario, Step, count_replies, normalize};
+#[cfg(all(feature = "mio", feature = "async-std"))]
+use crate::common::{Runtime as ProcRuntime, Scratch, read_files, start_xshadow_sink};
 
 /// How long any one wait may take before the test fails (generous: CI machines are slow).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -254,11 +257,12 @@ pub fn run(binding: &Binding, scenario: &Scenario) -> Outcome {
 }
 
 /// The mixed deployment: a tokio hub shadows through a mio edge, whose next hop is a node on
-/// the async-std binding, which delivers to the capturing sink. An async-std *node* (rather
-/// than `xshadow sink --runtime async-std`, which serves with plain blocking threads) puts
-/// the async-std binding on the path, and its event hook shows it relayed each message once.
-/// Every message must reach the sink exactly once, and the hub's shadow copies must drain to
-/// zero once the edge has passed the messages on (heartbeats every 300 ms).
+/// the async-std binding, which delivers to an `xshadow sink --runtime async-std` process
+/// (async-net sockets on the async-std executor, writing a Maildir). The async-std node's
+/// event hook shows it relayed each message once. Every message must be in the sink's
+/// Maildir exactly once, as submitted, the sink must stop with status 0 on SIGTERM, and the
+/// hub's shadow copies must drain to zero once the edge has passed the messages on
+/// (heartbeats every 300 ms).
 #[cfg(all(feature = "mio", feature = "async-std"))]
 pub fn mixed_deployment() {
     use xshadow::core::session::{Envelope, Recipient};
@@ -275,7 +279,11 @@ pub fn mixed_deployment() {
         c.session_linger = Duration::from_millis(200);
         c
     };
-    let sink = TcpSink::start();
+    // The final destination is a real `xshadow sink --runtime async-std` process.
+    let scratch = Scratch::new_in_memory("mixed-sink");
+    let maildir = scratch.join("maildir");
+    let (mut sink, sink_addr) = start_xshadow_sink(&scratch, &maildir, ProcRuntime::AsyncStd);
+    let new = maildir.join("new");
     let (last_dir, edge_dir, hub_dir) = (
         TempDir::new("mixed-last"),
         TempDir::new("mixed-edge"),
@@ -288,7 +296,7 @@ pub fn mixed_deployment() {
     );
 
     let mut s = settings(
-        quick("last.test", sink.addr().to_string()),
+        quick("last.test", sink_addr.to_string()),
         last_dir.path(),
         &last_events,
     );
@@ -325,8 +333,8 @@ pub fn mixed_deployment() {
             .expect("submit to the hub");
     }
 
-    eventually("every message at the sink", || {
-        sink.with_log(|l| l.messages.len() >= MESSAGES)
+    eventually("every message in the sink's Maildir", || {
+        read_files(&new).len() >= MESSAGES
     });
     eventually("the hub's shadow copies to drain", || {
         let stats = rt.block_on(handle.stats()).expect("hub stats");
@@ -353,8 +361,10 @@ pub fn mixed_deployment() {
     (edge.stop)().expect("edge stops");
     (last.stop)().expect("async-std node stops");
 
-    let messages = sink.with_log(|l| l.messages.clone());
-    drop(sink);
+    let messages: Vec<Vec<u8>> = read_files(&new).into_iter().map(|(_, m)| m).collect();
+    sink.signal("TERM");
+    let status = sink.wait_exit(PATIENCE).expect("the sink exits on SIGTERM");
+    assert!(status.success(), "the sink exited with {status}");
     for i in 0..MESSAGES {
         let tag = format!("X-Tag: mixed-{i}\r\n");
         let copies = messages
@@ -365,15 +375,12 @@ pub fn mixed_deployment() {
         assert!(
             messages
                 .iter()
-                .any(|m| String::from_utf8_lossy(m).contains(&format!("\r\n..a dot for {i}\r\n"))),
-            "message {i}'s leading dot is stuffed on the last hop"
+                .any(|m| String::from_utf8_lossy(m)
+                    .ends_with(&format!("\r\n\r\n.a dot for {i}\r\n"))),
+            "message {i}'s leading dot is in the Maildir as submitted, after three hops"
         );
     }
-    assert_eq!(
-        messages.len(),
-        MESSAGES,
-        "no other message reached the sink"
-    );
+    assert_eq!(messages.len(), MESSAGES, "one Maildir file per message");
 
     let count = |events: &Mutex<Vec<NodeEvent>>, f: fn(&NodeEvent) -> bool| {
         events.lock().unwrap().iter().filter(|e| f(e)).count()
