@@ -5,9 +5,9 @@
 //! with the same decisions ([`drive::answer_as_sink`], [`drive::drain_as_sink`]) and the same
 //! [`Maildir`]:
 //! - tokio ([`serve`]): one task per connection; the Maildir write on `spawn_blocking`;
-//! - async-std ([`on_async_std`], feature `async-std`): async-io/async-net sockets, one task
+//! - async-std (`on_async_std`, feature `async-std`): async-io/async-net sockets, one task
 //!   per connection on `async-global-executor`; the Maildir write on its blocking pool;
-//! - mio ([`on_mio`], feature `mio`): one thread with a `mio::Poll` loop over non-blocking
+//! - mio (`on_mio`, feature `mio`): one thread with a `mio::Poll` loop over non-blocking
 //!   sockets; the Maildir writes on a few delivery threads that wake the loop when done.
 //!
 //! On every runtime the 250 is sent only after the message is renamed into `new/` and the

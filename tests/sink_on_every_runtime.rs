@@ -81,8 +81,8 @@ fn eight_bit(tag: &str) -> Vec<u8> {
 /// A message larger than any read buffer, with a dot-leading line every few lines.
 fn large(tag: &str) -> Vec<u8> {
     let mut m = format!("Subject: large\r\nX-Tag: {tag}\r\n\r\n").into_bytes();
-    for i in 0..4000 {
-        if i % 7 == 0 {
+    for i in 0..4000u32 {
+        if i.is_multiple_of(7) {
             m.extend_from_slice(format!(".{i} starts with a dot\r\n").as_bytes());
         } else {
             m.extend_from_slice(
@@ -118,7 +118,7 @@ fn pipelined_batch(addr: SocketAddr, new: &Path, conn: usize) -> Vec<(String, Ve
             let content = match i % 3 {
                 0 => dotted(&tag),
                 1 => eight_bit(&tag),
-                _ if i == 2 && conn % 2 == 0 => large(&tag),
+                _ if i == 2 && conn.is_multiple_of(2) => large(&tag),
                 _ => format!("X-Tag: {tag}\r\n\r\nplain {i}\r\n").into_bytes(),
             };
             (tag, content)
