@@ -45,7 +45,7 @@ use memchr::{memchr, memchr2_iter};
 
 use super::{ApiError, Envelope, FIVE_MINUTES};
 use crate::wire::body;
-use crate::wire::command::Command;
+use crate::wire::command::{Command, write_mail, write_rcpt};
 use crate::wire::ehlo::{EhloKeywords, EhloReply, SizeLimit};
 use crate::wire::params::BodyType;
 use crate::wire::path::{ForwardPath, Mailbox};
@@ -573,10 +573,11 @@ impl State {
     }
 }
 
-/// Something that moves the machine.
+/// Something that moves the machine. A reply borrows the received bytes; it is copied only
+/// where an event or a failure keeps it.
 #[derive(Debug)]
-enum Input {
-    Reply(Reply<'static>),
+enum Input<'r> {
+    Reply(Reply<'r>),
     BadReply(ReplyError),
     /// A reply that came while the command it would answer was still waiting in our output,
     /// never sent: the peer answered ahead, and whatever it "accepted" it never received.
@@ -704,16 +705,30 @@ impl ClientSession {
         if matches!(self.state, State::Closed) {
             return;
         }
-        self.inbuf.extend_from_slice(bytes);
+        if self.inbuf.is_empty() {
+            // The usual case: whole replies read straight from `bytes`, only a partial one kept.
+            let used = self.read_replies(bytes, now);
+            if !matches!(self.state, State::Closed) {
+                self.inbuf
+                    .extend_from_slice(bytes.get(used..).unwrap_or_default());
+            }
+            return;
+        }
+        let mut inbuf = mem::take(&mut self.inbuf);
+        inbuf.extend_from_slice(bytes);
+        let used = self.read_replies(&inbuf, now);
+        if !matches!(self.state, State::Closed) {
+            // Keep the allocation for the rest of the partial reply.
+            inbuf.drain(..used.min(inbuf.len()));
+            self.inbuf = inbuf;
+        }
+    }
+
+    /// Reads and handles every whole reply at the start of `buf`; returns the bytes used.
+    fn read_replies(&mut self, buf: &[u8], now: Instant) -> usize {
         let mut pos = 0;
         while !matches!(self.state, State::Closed) {
-            let buf = self.inbuf.get(pos..).unwrap_or_default();
-            let read = match self.reader.read(buf) {
-                Ok(Some((reply, used))) => Ok(Some((reply.into_owned(), used))),
-                Ok(None) => Ok(None),
-                Err(error) => Err(error),
-            };
-            match read {
+            match self.reader.read(buf.get(pos..).unwrap_or_default()) {
                 Ok(Some((reply, used))) => {
                     pos += used;
                     // Only a 421 may come unasked; any other reply while our output has not
@@ -732,11 +747,7 @@ impl ClientSession {
                 }
             }
         }
-        if matches!(self.state, State::Closed) {
-            self.inbuf = Vec::new();
-        } else {
-            self.inbuf.drain(..pos.min(self.inbuf.len()));
-        }
+        pos
     }
 
     /// The peer closed the connection (or it broke).
@@ -834,7 +845,7 @@ impl ClientSession {
     }
 
     /// Runs one transition and re-arms the reply timer when the awaited reply changed.
-    fn step(&mut self, input: Input, now: Instant) {
+    fn step(&mut self, input: Input<'_>, now: Instant) {
         let before = self.state.phase();
         let was_reply = matches!(input, Input::Reply(_));
         let state = mem::replace(&mut self.state, State::Closed);
@@ -858,7 +869,7 @@ impl ClientSession {
     }
 
     /// Every transition of the session: the state it goes to from `state` on `input`.
-    fn transition(&mut self, state: State, input: Input, now: Instant) -> State {
+    fn transition(&mut self, state: State, input: Input<'_>, now: Instant) -> State {
         match (state, input) {
             (State::Closed, _) => State::Closed,
 
@@ -894,6 +905,7 @@ impl ClientSession {
             }
             (state, Input::Timeout(phase)) => self.abort(state, SessionFailure::Timeout { phase }),
             (state, Input::Reply(reply)) if reply.code == 421 => {
+                let reply = reply.into_owned();
                 self.abort(state, SessionFailure::ServiceClosing { reply })
             }
 
@@ -908,6 +920,7 @@ impl ClientSession {
                 }
                 Class::Intermediate => self.unexpected(State::Greeting, reply.code),
                 Class::Transient | Class::Permanent => {
+                    let reply = reply.into_owned();
                     self.quit(State::Greeting, SessionFailure::GreetingRefused { reply })
                 }
             },
@@ -920,12 +933,16 @@ impl ClientSession {
                     .write_to(&mut self.out);
                     State::Helo
                 }
-                Class::Transient => self.quit(State::Ehlo, SessionFailure::HelloRefused { reply }),
+                Class::Transient => {
+                    let reply = reply.into_owned();
+                    self.quit(State::Ehlo, SessionFailure::HelloRefused { reply })
+                }
                 Class::Intermediate => self.unexpected(State::Ehlo, reply.code),
             },
             (State::Helo, Input::Reply(reply)) => match class(&reply) {
                 Class::Positive => self.hello_done(&reply, false, now),
                 Class::Transient | Class::Permanent => {
+                    let reply = reply.into_owned();
                     self.quit(State::Helo, SessionFailure::HelloRefused { reply })
                 }
                 Class::Intermediate => self.unexpected(State::Helo, reply.code),
@@ -940,6 +957,7 @@ impl ClientSession {
                         self.proceed(now)
                     }
                     Ok(None) => {
+                        let reply = reply.into_owned();
                         self.emit(ClientEvent::ShadowRefused { reply });
                         self.proceed(now)
                     }
@@ -980,6 +998,7 @@ impl ClientSession {
                         }
                     }
                     Err(error) if !error.is_breach() => {
+                        let reply = reply.into_owned();
                         self.emit(ClientEvent::DiscardRefused { reply });
                         self.send_quit()
                     }
@@ -1013,7 +1032,7 @@ impl ClientSession {
     fn transaction_reply(
         &mut self,
         mut t: Box<Transaction>,
-        reply: Reply<'static>,
+        reply: Reply<'_>,
         now: Instant,
     ) -> State {
         let Some(step) = t.awaiting.pop_front() else {
@@ -1056,7 +1075,7 @@ impl ClientSession {
                         index: i,
                         to,
                         permanent: class == Class::Permanent,
-                        reply: reply.clone(),
+                        reply: reply.clone().into_owned(),
                     });
                 }
                 if t.mail_ok && !t.done {
@@ -1136,14 +1155,15 @@ impl ClientSession {
             let domain = text.split_once(' ').map_or(text, |(d, _)| d);
             (domain.to_owned(), EhloKeywords::default())
         };
+        let accepts_xshadow = keywords.accepts_xshadow();
         self.keywords = Some(keywords.clone());
         self.emit(ClientEvent::Capabilities {
             domain,
-            keywords: keywords.clone(),
+            keywords,
             extended,
         });
         if let Some(context) = &self.config.shadow_context {
-            if keywords.accepts_xshadow() {
+            if accepts_xshadow {
                 Command::XShadow {
                     context: Cow::Borrowed(context.as_str()),
                 }
@@ -1213,7 +1233,8 @@ impl ClientSession {
                 "Message size exceeds fixed maximum message size",
             );
         }
-        let mut params = envelope.params.clone();
+        // Borrowed from the message: the lines are written here and the values not kept.
+        let mut params = envelope.params.reborrow();
         params.size = kw.size.map(|_| len);
         let needs_utf8 = envelope.from.mailbox().is_some_and(Mailbox::needs_smtputf8)
             || envelope
@@ -1251,25 +1272,20 @@ impl ClientSession {
             if shadow_id.is_empty() || shadow_id.len() > MAX_SHADOW_FIELD {
                 return Err((id, Reply::invalid_arguments()));
             }
-            params.xshadow = Some(Cow::Owned(shadow_id.clone()));
+            params.xshadow = Some(Cow::Borrowed(shadow_id.as_str()));
         }
         let shadowed = params.xshadow.is_some();
         let mut lines = Vec::with_capacity(64 * (1 + envelope.recipients.len()));
         let mut ends = Vec::with_capacity(1 + envelope.recipients.len());
-        Command::Mail {
-            from: envelope.from.clone(),
-            params,
-        }
-        .write_to(&mut lines);
+        write_mail(&mut lines, &envelope.from, &params);
+        drop(params);
+        lines.extend_from_slice(b"\r\n");
         self.check_line(&lines, 0).map_err(|reply| (id, reply))?;
         ends.push(lines.len());
         for recipient in &envelope.recipients {
             let start = lines.len();
-            Command::Rcpt {
-                to: recipient.to.clone(),
-                params: recipient.params.clone(),
-            }
-            .write_to(&mut lines);
+            write_rcpt(&mut lines, &recipient.to, &recipient.params);
+            lines.extend_from_slice(b"\r\n");
             self.check_line(&lines, start)
                 .map_err(|reply| (id, reply))?;
             ends.push(lines.len());
@@ -1308,6 +1324,9 @@ impl ClientSession {
     fn start(&mut self, mut t: Box<Transaction>, now: Instant) -> State {
         t.awaiting.push_back(Step::Mail);
         if t.pipelined {
+            // The lines, DATA or BDAT, and with BDAT the body: one allocation.
+            let body = if t.chunking { t.msg.body.len() } else { 0 };
+            self.out.reserve(t.lines.len() + body + 32);
             self.out.extend_from_slice(&t.lines);
             let n = t.msg.envelope.recipients.len();
             t.awaiting.extend((0..n).map(Step::Rcpt));
@@ -1332,6 +1351,7 @@ impl ClientSession {
     /// Writes DATA, or BDAT with the whole body, and awaits its reply.
     fn write_data(&mut self, t: &mut Transaction, now: Instant) {
         if t.chunking {
+            self.out.reserve(t.msg.body.len() + 32);
             Command::Bdat {
                 size: t.msg.body.len() as u64,
                 last: true,
@@ -1352,11 +1372,12 @@ impl ClientSession {
         self.body_block = now.checked_add(self.config.timeouts.data_block);
     }
 
-    fn report_accepted(&mut self, t: &mut Transaction, reply: Reply<'static>) {
+    fn report_accepted(&mut self, t: &mut Transaction, reply: Reply<'_>) {
         t.done = true;
         t.succeeded = true;
+        // The transaction is over: its shadow id moves into the event.
         let shadow_id = if t.shadowed {
-            t.msg.shadow_id.clone()
+            t.msg.shadow_id.take()
         } else {
             None
         };
@@ -1364,14 +1385,14 @@ impl ClientSession {
             id: t.msg.id,
             shadowed: t.shadowed,
             shadow_id,
-            reply,
+            reply: reply.into_owned(),
             recipients: mem::take(&mut t.refused),
         });
     }
 
     /// Reports the message refused by `reply`; when every recipient was refused, it is
     /// permanent only if every refusal was.
-    fn report_failed(&mut self, t: &mut Transaction, reply: Reply<'static>) {
+    fn report_failed(&mut self, t: &mut Transaction, reply: Reply<'_>) {
         t.done = true;
         let recipients = mem::take(&mut t.refused);
         let all_refused = t.mail_ok && t.accepted == 0 && !recipients.is_empty();
@@ -1382,7 +1403,7 @@ impl ClientSession {
         };
         self.emit(ClientEvent::MessageFailed {
             id: t.msg.id,
-            reply,
+            reply: reply.into_owned(),
             permanent,
             local: false,
             recipients,

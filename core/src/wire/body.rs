@@ -141,6 +141,8 @@ impl DotStuffer {
 
 /// Appends the whole message `body`, dot-stuffed and terminated, to `out`.
 pub fn stuff(body: &[u8], out: &mut Vec<u8>) {
+    // The body, a few doubled dots and the terminator: usually one allocation.
+    out.reserve(body.len() + 16);
     let mut stuffer = DotStuffer::new();
     stuffer.write(body, out);
     stuffer.finish(out);

@@ -285,6 +285,22 @@ impl fmt::Display for CommandError {
 
 impl std::error::Error for CommandError {}
 
+/// Appends `MAIL FROM:<path>` and its parameters (no CRLF): the line `Command::Mail` writes,
+/// from borrowed parts.
+pub(crate) fn write_mail(out: &mut Vec<u8>, from: &ReversePath<'_>, params: &MailParams<'_>) {
+    out.extend_from_slice(b"MAIL FROM:");
+    from.write_to(out);
+    params.write_to(out);
+}
+
+/// Appends `RCPT TO:<path>` and its parameters (no CRLF): the line `Command::Rcpt` writes,
+/// from borrowed parts.
+pub(crate) fn write_rcpt(out: &mut Vec<u8>, to: &ForwardPath<'_>, params: &RcptParams<'_>) {
+    out.extend_from_slice(b"RCPT TO:");
+    to.write_to(out);
+    params.write_to(out);
+}
+
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
@@ -557,18 +573,11 @@ impl<'a> Command<'a> {
         match self {
             Self::Ehlo { domain } => word(Verb::Ehlo, domain),
             Self::Helo { domain } => word(Verb::Helo, domain),
-            Self::Mail { from, params } => {
-                out.extend_from_slice(b"MAIL FROM:");
-                from.write_to(out);
-                params.write_to(out);
-            }
-            Self::Rcpt { to, params } => {
-                out.extend_from_slice(b"RCPT TO:");
-                to.write_to(out);
-                params.write_to(out);
-            }
+            Self::Mail { from, params } => write_mail(out, from, params),
+            Self::Rcpt { to, params } => write_rcpt(out, to, params),
             Self::Bdat { size, last } => {
-                word(Verb::Bdat, &size.to_string());
+                out.extend_from_slice(b"BDAT ");
+                super::write_decimal(out, *size);
                 if *last {
                     out.extend_from_slice(b" LAST");
                 }
@@ -576,11 +585,19 @@ impl<'a> Command<'a> {
             Self::Vrfy { target } => word(Verb::Vrfy, target),
             Self::Help { topic } => word(Verb::Help, topic.as_deref().unwrap_or("")),
             Self::XShadow { context } => word(Verb::XShadow, context),
-            Self::XqDiscard { max } => word(Verb::XqDiscard, &max.to_string()),
+            Self::XqDiscard { max } => {
+                out.extend_from_slice(b"XQDISCARD ");
+                super::write_decimal(out, u64::from(*max));
+            }
             Self::XShadowRequest {
                 primary,
                 database_id,
-            } => word(Verb::XShadowRequest, &format!("{primary} {database_id}")),
+            } => {
+                out.extend_from_slice(b"XSHADOWREQUEST ");
+                out.extend_from_slice(primary.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(database_id.as_bytes());
+            }
             Self::Unknown { line } => out.extend_from_slice(line.as_bytes()),
             Self::Data | Self::Rset | Self::Noop | Self::Quit | Self::StartTls => {
                 if let Some(verb) = self.verb() {

@@ -36,3 +36,23 @@ pub const MAX_SHADOW_FIELD: usize = 255;
 
 /// The default longest command or reply line, CRLF included, in bytes.
 pub const DEFAULT_MAX_LINE: usize = 4096;
+
+/// Appends `n` in decimal, without going through `core::fmt` (hot in every writer).
+pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    if n < 10 {
+        // Most enhanced status numbers.
+        out.push(b'0' + n as u8);
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}

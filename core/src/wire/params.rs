@@ -324,7 +324,7 @@ impl<'a> MailParams<'a> {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         if let Some(size) = self.size {
             out.extend_from_slice(b" SIZE=");
-            out.extend_from_slice(size.to_string().as_bytes());
+            super::write_decimal(out, size);
         }
         if let Some(body) = self.body {
             out.extend_from_slice(b" BODY=");
@@ -348,6 +348,27 @@ impl<'a> MailParams<'a> {
             xtext::encode_into(id, out);
         }
         write_other(&self.other, out);
+    }
+
+    /// The same parameters borrowing from `self`: a copy that allocates nothing (the
+    /// extra parameters, rarely any, are the exception).
+    pub(crate) fn reborrow(&self) -> MailParams<'_> {
+        MailParams {
+            size: self.size,
+            body: self.body,
+            smtputf8: self.smtputf8,
+            ret: self.ret,
+            envid: self.envid.as_deref().map(Cow::Borrowed),
+            xshadow: self.xshadow.as_deref().map(Cow::Borrowed),
+            other: self
+                .other
+                .iter()
+                .map(|p| OtherParam {
+                    keyword: Cow::Borrowed(p.keyword.as_ref()),
+                    value: p.value.as_deref().map(Cow::Borrowed),
+                })
+                .collect(),
+        }
     }
 
     /// Copies borrowed values so the parameters outlive their input.
@@ -479,6 +500,9 @@ fn write_other(other: &[OtherParam<'_>], out: &mut Vec<u8>) {
 }
 
 fn own_other(other: SmallVec<[OtherParam<'_>; 2]>) -> SmallVec<[OtherParam<'static>; 2]> {
+    if other.is_empty() {
+        return SmallVec::new();
+    }
     other
         .into_iter()
         .map(|p| OtherParam {

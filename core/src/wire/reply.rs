@@ -8,7 +8,7 @@ use memchr::{memchr, memchr2};
 use smallvec::SmallVec;
 
 use super::line::{bytes_below, first_flagged, non_ascii};
-use super::{DEFAULT_MAX_LINE, MAX_SHADOW_FIELD};
+use super::{DEFAULT_MAX_LINE, MAX_SHADOW_FIELD, write_decimal};
 
 /// An RFC 3463 enhanced status code such as `2.1.0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,9 +174,11 @@ fn write_code(out: &mut Vec<u8>, code: u16) {
 }
 
 fn write_enhanced(out: &mut Vec<u8>, status: EnhancedStatus) {
-    use std::io::Write;
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{status}");
+    write_decimal(out, u64::from(status.class));
+    out.push(b'.');
+    write_decimal(out, u64::from(status.subject));
+    out.push(b'.');
+    write_decimal(out, u64::from(status.detail));
 }
 
 impl fmt::Display for Reply<'_> {

@@ -75,6 +75,11 @@ pub fn decode(input: &str) -> Result<Cow<'_, str>, XtextError> {
 /// Appends `value` encoded as xtext.
 pub fn encode_into(value: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if all_plain(value.as_bytes()) {
+        // The usual case (a GUID, an ENVID): copied as it is.
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
     for &b in value.as_bytes() {
         if is_plain(b) {
             out.push(b);
