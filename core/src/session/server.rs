@@ -366,8 +366,12 @@ impl ServerSession {
             now,
             last_activity: now,
         };
-        let greeting = format!("{} ESMTP xshadow", session.config.hostname);
-        session.send(&Reply::new(220, None, greeting));
+        // `220 <hostname> ESMTP xshadow`, written without building a `Reply`.
+        session.output.extend_from_slice(b"220 ");
+        session
+            .output
+            .extend_from_slice(session.config.hostname.as_bytes());
+        session.output.extend_from_slice(b" ESMTP xshadow\r\n");
         session
     }
 
@@ -969,14 +973,14 @@ impl ServerSession {
     fn hello(&mut self, domain: String, extended: bool) {
         // EHLO and HELO end any transaction (RFC 5321 §4.1.4); shadow state stays (ours).
         self.transaction = None;
-        let answer = if extended {
-            let mut reply = EhloReply::new(self.config.hostname.clone());
+        // Both replies borrow the configured hostname (fields apart from the output).
+        if extended {
+            let mut reply = EhloReply::new(self.config.hostname.as_str());
             reply.keywords = self.keywords();
-            reply.to_reply().into_owned()
+            reply.to_reply().write_to(&mut self.output);
         } else {
-            Reply::new(250, None, self.config.hostname.clone())
-        };
-        self.send(&answer);
+            Reply::new(250, None, self.config.hostname.as_str()).write_to(&mut self.output);
+        }
         self.hello = if extended {
             Hello::Ehlo(domain.clone())
         } else {
@@ -986,7 +990,7 @@ impl ServerSession {
             .push_back(ServerEvent::Hello { domain, extended });
     }
 
-    fn keywords(&self) -> EhloKeywords<'static> {
+    fn keywords<'k>(&self) -> EhloKeywords<'k> {
         let c = &self.config;
         EhloKeywords {
             pipelining: c.pipelining,
