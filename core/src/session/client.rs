@@ -524,6 +524,14 @@ struct Transaction {
     succeeded: bool,
 }
 
+/// A finished transaction's buffers, kept so the next message does not allocate them.
+#[derive(Debug, Default)]
+struct Spare {
+    lines: Vec<u8>,
+    ends: Vec<usize>,
+    awaiting: VecDeque<Step>,
+}
+
 /// Where the session is.
 #[derive(Debug)]
 enum State {
@@ -637,6 +645,8 @@ pub struct ClientSession {
     keywords: Option<EhloKeywords<'static>>,
     database_id: Option<String>,
     rset_pending: bool,
+    /// The buffers of the last finished transaction, emptied, for the next one.
+    spare: Spare,
     /// Why the session is quitting early, reported with `Closed`.
     failure: Option<SessionFailure>,
 }
@@ -662,6 +672,7 @@ impl ClientSession {
             keywords: None,
             database_id: None,
             rset_pending: false,
+            spare: Spare::default(),
             failure: None,
         };
         session.rearm(None, false, now);
@@ -1133,6 +1144,11 @@ impl ClientSession {
         }
         self.body_block = None;
         self.rset_pending = t.mail_ok && !t.succeeded;
+        self.spare = Spare {
+            lines: mem::take(&mut t.lines),
+            ends: mem::take(&mut t.ends),
+            awaiting: mem::take(&mut t.awaiting),
+        };
         self.proceed(now)
     }
 
@@ -1211,7 +1227,7 @@ impl ClientSession {
 
     /// Builds the MAIL and RCPT lines for the peer, or the local refusal of a message that
     /// cannot be sent to it.
-    fn prepare(&self, msg: OutboundMessage) -> Result<Box<Transaction>, (u64, Reply<'static>)> {
+    fn prepare(&mut self, msg: OutboundMessage) -> Result<Box<Transaction>, (u64, Reply<'static>)> {
         let id = msg.id;
         let fail = |code: u16, status: (u8, u16, u16), text: &'static str| {
             let enhanced = EnhancedStatus::new(status.0, status.1, status.2);
@@ -1275,8 +1291,12 @@ impl ClientSession {
             params.xshadow = Some(Cow::Borrowed(shadow_id.as_str()));
         }
         let shadowed = params.xshadow.is_some();
-        let mut lines = Vec::with_capacity(64 * (1 + envelope.recipients.len()));
-        let mut ends = Vec::with_capacity(1 + envelope.recipients.len());
+        let mut lines = mem::take(&mut self.spare.lines);
+        lines.clear();
+        lines.reserve(64 * (1 + envelope.recipients.len()));
+        let mut ends = mem::take(&mut self.spare.ends);
+        ends.clear();
+        ends.reserve(1 + envelope.recipients.len());
         write_mail(&mut lines, &envelope.from, &params);
         drop(params);
         lines.extend_from_slice(b"\r\n");
@@ -1297,7 +1317,7 @@ impl ClientSession {
             chunking: kw.chunking,
             lines,
             ends,
-            awaiting: VecDeque::new(),
+            awaiting: mem::take(&mut self.spare.awaiting),
             mail_ok: false,
             accepted: 0,
             refused: Vec::new(),
