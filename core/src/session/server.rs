@@ -328,6 +328,8 @@ pub struct ServerSession {
     closed: bool,
     lines: LineReader,
     input: Vec<u8>,
+    /// Bytes at the start of `input` already handled; `input` is empty when all are.
+    input_at: usize,
     output: Vec<u8>,
     events: std::collections::VecDeque<ServerEvent>,
     now: Instant,
@@ -361,6 +363,7 @@ impl ServerSession {
             closed: false,
             lines,
             input: Vec::new(),
+            input_at: 0,
             output: Vec::with_capacity(512),
             events: std::collections::VecDeque::new(),
             now,
@@ -392,6 +395,9 @@ impl ServerSession {
                 self.input.extend_from_slice(&data[used..]);
             }
         } else {
+            // Handled bytes go before new ones are appended, so `input` stays bounded.
+            self.input.drain(..self.input_at);
+            self.input_at = 0;
             self.input.extend_from_slice(data);
             self.process_buffered();
         }
@@ -465,7 +471,7 @@ impl ServerSession {
         !self.closed
             && self.waiting == Waiting::Nothing
             && self.output.len() < self.config.max_pending_output
-            && self.input.len() < self.config.max_line.max(64 * 1024)
+            && self.input.len() - self.input_at < self.config.max_line.max(64 * 1024)
     }
 
     /// True once the session has closed (QUIT, timeout, too many errors, peer gone).
@@ -639,6 +645,7 @@ impl ServerSession {
         self.shadow = Shadow::None;
         self.transaction = None;
         self.input.clear();
+        self.input_at = 0;
         self.now = now;
         self.last_activity = now;
         self.waiting = Waiting::Nothing;
@@ -663,19 +670,33 @@ impl ServerSession {
         self.transaction = None;
         self.mode = Mode::Commands;
         self.input = Vec::new();
+        self.input_at = 0;
         self.events.push_back(ServerEvent::Closed(reason));
     }
 
     fn process_buffered(&mut self) {
         let input = std::mem::take(&mut self.input);
-        let used = self.process(&input);
+        let start = std::mem::take(&mut self.input_at);
+        let used = self.process(input.get(start..).unwrap_or_default());
         if !self.keeps_input() {
             return;
         }
-        // Keep the allocation: new input is appended behind what is left.
+        // Keep the allocation, and the bytes still to handle where they are: an offset
+        // instead of moving them to the front (a pipelined body would move once per
+        // decision).
         let mut input = input;
-        input.drain(..used);
-        input.append(&mut self.input);
+        let at = start + used;
+        if at >= input.len() {
+            input.clear();
+        } else {
+            self.input_at = at;
+        }
+        if !self.input.is_empty() {
+            // Input that arrived while processing goes behind what is left.
+            input.drain(..self.input_at);
+            self.input_at = 0;
+            input.append(&mut self.input);
+        }
         self.input = input;
     }
 
@@ -1190,4 +1211,47 @@ fn non_ascii_needs_smtputf8() -> Reply<'static> {
         enhanced(5, 6, 7),
         "Non-ASCII addresses require SMTPUTF8",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipient(session: &ServerSession) -> String {
+        match session.pending_recipient().map(|r| &r.to) {
+            Some(ForwardPath::Mailbox(m)) => m.to_string(),
+            other => panic!("no pending recipient: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn input_arriving_while_pipelined_commands_wait_is_handled_in_order() {
+        let now = Instant::now();
+        let config = std::sync::Arc::new(ServerConfig::new("mx.example"));
+        let mut session = ServerSession::new(config, false, now);
+        session.handle_input(b"EHLO c.example\r\n", now);
+        let mut out = Vec::new();
+        let _ = session.poll_transmit(&mut out);
+        out.clear();
+        session.handle_input(
+            b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\n",
+            now,
+        );
+        session.accept_mail(now).unwrap();
+        assert_eq!(recipient(&session), "b@y.example");
+        // New bytes arrive while the rest of the first batch still waits in the buffer.
+        session.handle_input(b"RCPT TO:<d@y.example>\r\nDA", now);
+        session.accept_rcpt(now).unwrap();
+        assert_eq!(recipient(&session), "c@y.example");
+        session.accept_rcpt(now).unwrap();
+        assert_eq!(recipient(&session), "d@y.example");
+        session.accept_rcpt(now).unwrap();
+        session.handle_input(b"TA\r\n", now);
+        let _ = session.poll_transmit(&mut out);
+        let replies = String::from_utf8(out).unwrap();
+        let codes: Vec<&str> = replies.lines().map(|l| &l[..3]).collect();
+        assert_eq!(codes, ["250", "250", "250", "250", "354"]);
+        let envelope = session.pending_envelope().unwrap();
+        assert_eq!(envelope.recipients.len(), 3);
+    }
 }
