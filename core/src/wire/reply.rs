@@ -174,6 +174,17 @@ fn write_code(out: &mut Vec<u8>, code: u16) {
 }
 
 fn write_enhanced(out: &mut Vec<u8>, status: EnhancedStatus) {
+    let EnhancedStatus {
+        class,
+        subject,
+        detail,
+    } = status;
+    if class < 10 && subject < 10 && detail < 10 {
+        // Nearly every status (`2.1.0`, `2.6.0`, `5.5.1`): five bytes at once.
+        let (subject, detail) = (subject as u8, detail as u8);
+        out.extend_from_slice(&[b'0' + class, b'.', b'0' + subject, b'.', b'0' + detail]);
+        return;
+    }
     write_decimal(out, u64::from(status.class));
     out.push(b'.');
     write_decimal(out, u64::from(status.subject));
