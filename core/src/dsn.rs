@@ -99,13 +99,22 @@ pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
         for_one,
         date,
     } = *trace;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(160 + helo.len() + by.len() + date.len() + body.len());
-    let _ = write!(
-        out,
-        "Received: from {helo} ({peer})\r\n\tby {by} (xshadow) with ESMTP id {id:016x}"
-    );
+    out.extend_from_slice(b"Received: from ");
+    out.extend_from_slice(helo.as_bytes());
+    out.extend_from_slice(b" (");
+    let _ = write!(out, "{peer}");
+    out.extend_from_slice(b")\r\n\tby ");
+    out.extend_from_slice(by.as_bytes());
+    out.extend_from_slice(b" (xshadow) with ESMTP id ");
+    out.extend((0..16).rev().map(|i| HEX[((id >> (4 * i)) & 0xf) as usize]));
     if let Some(ForwardPath::Mailbox(m)) = for_one {
-        let _ = write!(out, "\r\n\tfor <{m}>");
+        out.extend_from_slice(b"\r\n\tfor <");
+        out.extend_from_slice(m.local_part.as_bytes());
+        out.push(b'@');
+        out.extend_from_slice(m.domain.as_bytes());
+        out.push(b'>');
     }
     out.extend_from_slice(b";\r\n\t");
     out.extend_from_slice(date.as_bytes());

@@ -20,12 +20,15 @@
 //!   (says 250, drops a copy, forgets an event) only after that.
 //! - [`Output::Event`]: a state change for logs and metrics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+// Keys here are the node's own small counters (message, connection and batch numbers), never
+// a peer's input: a fast non-keyed hash is safe.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::dsn::{self, FailedRecipient};
 use crate::session::client::{ClientEvent, RecipientOutcome};
@@ -786,8 +789,8 @@ impl Node {
             next_token: 1,
             conns: BTreeMap::new(),
             deadlines: BTreeSet::new(),
-            deadline_of: HashMap::new(),
-            messages: HashMap::new(),
+            deadline_of: HashMap::default(),
+            messages: HashMap::default(),
             queue: BTreeSet::new(),
             parked: BTreeSet::new(),
             hops: config
@@ -798,11 +801,11 @@ impl Node {
                 .collect(),
             shadow: ShadowQueues::new(config.shadow),
             ledger: DiscardLedger::new(config.shadow.auto_discard),
-            persisting: HashMap::new(),
+            persisting: HashMap::default(),
             batch: Vec::new(),
             batch_after: Vec::new(),
             delayed_acks: BTreeSet::new(),
-            ack_conn: HashMap::new(),
+            ack_conn: HashMap::default(),
             outputs: VecDeque::new(),
             queued_bytes: 0,
             dates: dsn::DateCache::default(),
