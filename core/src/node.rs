@@ -646,6 +646,11 @@ struct Message {
     avoid: Option<String>,
     /// The route it is being sent on (index into `routes`; `routes.len()` is `next_hops`).
     route: usize,
+    /// The `XSHADOW=` id of the attempt in flight (lowercase), when we shadow.
+    shadow_id: Option<String>,
+    /// The primary reported this attempt's id in an XQDISCARD reply on another connection
+    /// before its 250 reached us here: once the 250 comes, there is no copy to keep.
+    discarded_early: bool,
 }
 
 #[derive(Debug)]
@@ -734,6 +739,8 @@ pub struct Node {
     ack_conn: HashMap<MessageId, ConnId>,
     outputs: VecDeque<Output>,
     queued_bytes: usize,
+    /// Messages in flight by the `XSHADOW=` id of their attempt (lowercase).
+    in_flight_shadow: HashMap<String, MessageId>,
     /// The date text of Received headers, remade once a second.
     dates: dsn::DateCache,
 }
@@ -808,6 +815,7 @@ impl Node {
             ack_conn: HashMap::default(),
             outputs: VecDeque::new(),
             queued_bytes: 0,
+            in_flight_shadow: HashMap::default(),
             dates: dsn::DateCache::default(),
             config,
         };
@@ -838,6 +846,8 @@ impl Node {
                 attempts: 0,
                 avoid: None,
                 route: 0,
+                shadow_id: None,
+                discarded_early: false,
             };
             if let Some(copy) = stored.shadow {
                 let added = node.instant_of(copy.at_ms);
@@ -1400,6 +1410,8 @@ impl Node {
                 attempts: 0,
                 avoid: None,
                 route: 0,
+                shadow_id: None,
+                discarded_early: false,
             },
         );
     }
@@ -1662,10 +1674,14 @@ impl Node {
             id: id.0,
             envelope,
             body: m.body.clone(),
-            shadow_id,
+            shadow_id: shadow_id.clone(),
         };
         if let Some(m) = self.messages.get_mut(&id) {
             m.attempts += 1;
+            if let Some(sid) = shadow_id {
+                self.in_flight_shadow.insert(sid.clone(), id);
+                m.shadow_id = Some(sid);
+            }
         }
         if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn)
             && let Some(s) = o.session.as_mut()
@@ -1899,12 +1915,15 @@ impl Node {
             }
             ClientEvent::DiscardIds { ids, more_possible } => {
                 o.discard_answered = true;
+                self.note_early_discards(&hop, &ids);
                 // Any XQDISCARD reply proves the primary is there, also one of a loop that
                 // goes on: a failure of another session meanwhile must not count against it.
                 self.shadow.heartbeat_succeeded(&hop, now);
                 let discarded = self.shadow.discard(&hop, &ids);
                 if !discarded.dropped.is_empty() {
-                    o.hold = true;
+                    if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn) {
+                        o.hold = true;
+                    }
                     self.batch_after.push(AfterPersist::Release { conn });
                 }
                 for id in discarded.dropped {
@@ -1965,6 +1984,7 @@ impl Node {
         }
         // Recipients of other routes were not sent: they travel on like retried ones.
         let sent = self.sent_recipients(m);
+        let discarded_early = m.discarded_early;
         self.land(id);
         let Some(m) = self.messages.get(&id) else {
             return;
@@ -2060,6 +2080,15 @@ impl Node {
             self.owe_discard(pf);
         }
         match copy.filter(|_| any_taken) {
+            Some(_) if discarded_early => {
+                // The primary handled it already (its XQDISCARD reply outran this 250).
+                self.batch.push(Record::Done { id });
+                self.forget_message(id);
+                self.outputs.push_back(Output::Event(NodeEvent::Discarded {
+                    id,
+                    primary: hop.to_owned(),
+                }));
+            }
             Some((shadow_id, database_id)) => {
                 let at_ms = self.unix_ms(self.now);
                 self.batch.push(Record::Shadowed {
@@ -2153,9 +2182,38 @@ impl Node {
         self.release_ack(id);
     }
 
+    /// Ids of an XQDISCARD reply from `hop` that name an attempt still waiting for its 250 on
+    /// another connection to `hop` (the replies of two connections may arrive in either
+    /// order): that message needs no copy once its 250 comes.
+    fn note_early_discards(&mut self, hop: &str, ids: &[String]) {
+        if self.in_flight_shadow.is_empty() {
+            return;
+        }
+        for sid in ids {
+            let Some(&id) = self.in_flight_shadow.get(&sid.to_ascii_lowercase()) else {
+                continue;
+            };
+            let Some(m) = self.messages.get_mut(&id) else {
+                continue;
+            };
+            if let MessageState::InFlight(conn) = m.state
+                && matches!(self.conns.get(&conn), Some(Conn::Outbound(o)) if o.hop == hop)
+            {
+                m.discarded_early = true;
+            }
+        }
+    }
+
     /// A message in flight leaves its session's list of outstanding messages.
     fn land(&mut self, id: MessageId) {
-        let Some(MessageState::InFlight(conn)) = self.messages.get(&id).map(|m| &m.state) else {
+        let Some(m) = self.messages.get_mut(&id) else {
+            return;
+        };
+        m.discarded_early = false;
+        if let Some(sid) = m.shadow_id.take() {
+            self.in_flight_shadow.remove(&sid);
+        }
+        let MessageState::InFlight(conn) = &m.state else {
             return;
         };
         if let Some(Conn::Outbound(o)) = self.conns.get_mut(conn)

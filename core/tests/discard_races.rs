@@ -1,0 +1,170 @@
+//! A hub with two sessions to one edge, driven by hand: the edge's XQDISCARD reply on one
+//! connection can reach the hub before the 250 of that very message on the other connection.
+//! The hub must not keep a copy nobody will ever report again.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use xshadow_core::node::{ConnId, Input, Node, NodeConfig, NodeEvent, Output};
+use xshadow_core::session::{Envelope, Recipient};
+use xshadow_core::shadow::MessageId;
+use xshadow_core::wire::Mailbox;
+use xshadow_core::wire::params::{MailParams, RcptParams};
+use xshadow_core::wire::path::{ForwardPath, ReversePath};
+
+const DATABASE_ID: &str = "X+QUj+rOf0ag5pssHT5PUA==";
+
+struct Hub {
+    node: Node,
+    now: Instant,
+    /// Bytes the hub wrote, per connection, not yet looked at.
+    sent: BTreeMap<ConnId, Vec<u8>>,
+    connects: Vec<ConnId>,
+    events: Vec<NodeEvent>,
+}
+
+impl Hub {
+    fn new() -> Self {
+        let mut config = NodeConfig::new("hub.example");
+        config.next_hops = vec!["edge".into()];
+        config.shadow_next_hops = true;
+        config.max_messages_per_session = 1;
+        config.session_linger = Duration::ZERO;
+        config.max_ack_delay = Duration::ZERO;
+        let now = Instant::now();
+        let mut hub = Self {
+            node: Node::new(config, 5, now, 1_796_400_103_000),
+            now,
+            sent: BTreeMap::new(),
+            connects: Vec::new(),
+            events: Vec::new(),
+        };
+        hub.drain();
+        hub
+    }
+
+    /// Drains every output; answers every Persist at once.
+    fn drain(&mut self) {
+        loop {
+            let mut synced = Vec::new();
+            while let Some(out) = self.node.poll_output() {
+                match out {
+                    Output::Transmit { conn, data } => {
+                        self.sent.entry(conn).or_default().extend(data);
+                    }
+                    Output::Connect { conn, .. } => self.connects.push(conn),
+                    Output::Persist { token, .. } => synced.push(token),
+                    Output::Event(e) => self.events.push(e),
+                    Output::Close(_) => {}
+                }
+            }
+            if synced.is_empty() {
+                return;
+            }
+            for token in synced {
+                self.node.handle_input(Input::Persisted(token), self.now);
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input<'_>) {
+        self.now += Duration::from_millis(1);
+        self.node.handle_input(input, self.now);
+        self.drain();
+    }
+
+    /// The edge answers `reply` on `conn`; returns what the hub wrote back.
+    fn reply(&mut self, conn: ConnId, reply: &str) -> String {
+        self.input(Input::Received(conn, reply.as_bytes()));
+        let written = self.sent.remove(&conn).unwrap_or_default();
+        String::from_utf8(written).expect("the hub writes text here")
+    }
+
+    fn submit(&mut self, to: &str) -> MessageId {
+        let envelope = Envelope {
+            from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
+            params: MailParams::default(),
+            recipients: vec![Recipient {
+                to: ForwardPath::Mailbox(Mailbox::new(to.to_owned(), "example.net")),
+                params: RcptParams::default(),
+            }],
+        };
+        self.now += Duration::from_millis(1);
+        let id = self
+            .node
+            .submit(envelope, b"Subject: race\r\n\r\nbody\r\n", self.now);
+        self.drain();
+        id
+    }
+
+    /// Connects `conn` and takes it through greeting, EHLO, XSHADOW and one pipelined
+    /// transaction up to the end of the body; returns the message's `XSHADOW=` id.
+    fn send_up_to_the_final_reply(&mut self, conn: ConnId) -> String {
+        self.input(Input::Connected(conn));
+        assert_eq!(
+            self.reply(conn, "220 edge ESMTP\r\n"),
+            "EHLO hub.example\r\n"
+        );
+        let xshadow = self.reply(conn, "250-edge\r\n250-PIPELINING\r\n250 XSHADOW\r\n");
+        assert!(xshadow.starts_with("XSHADOW "), "{xshadow}");
+        let mail = self.reply(conn, &format!("250 {DATABASE_ID}\r\n"));
+        let id = mail
+            .split("XSHADOW=")
+            .nth(1)
+            .and_then(|rest| rest.split([' ', '\r']).next())
+            .expect("MAIL carries XSHADOW=")
+            .to_owned();
+        let body = self.reply(conn, "250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 Go ahead\r\n");
+        assert!(body.ends_with("\r\n.\r\n"), "{body}");
+        id
+    }
+}
+
+#[test]
+fn a_discard_that_outruns_its_messages_250_on_another_connection_leaves_no_copy_behind() {
+    let mut hub = Hub::new();
+    let m1 = hub.submit("bob");
+    let m2 = hub.submit("carol");
+    let [a, b] = hub.connects[..] else {
+        panic!("one session per message: {:?}", hub.connects);
+    };
+    let id_a = hub.send_up_to_the_final_reply(a);
+    let id_b = hub.send_up_to_the_final_reply(b);
+
+    // B's message is taken; B has nothing more and asks for discards. The edge has already
+    // passed A's message on, so its id comes back here, before A's 250 reached the hub.
+    assert_eq!(hub.reply(b, "250 2.6.0 Queued\r\n"), "XQDISCARD 50\r\n");
+    assert_eq!(
+        hub.reply(b, &format!("250 {}\r\n", id_a.to_uppercase())),
+        "QUIT\r\n"
+    );
+    hub.reply(b, "221 2.0.0 Bye\r\n");
+    assert_eq!(hub.node.shadow_queues().copies("edge"), 1, "B's copy");
+
+    // Now A's 250 arrives: the edge is done with that message already.
+    assert_eq!(hub.reply(a, "250 2.6.0 Queued\r\n"), "XQDISCARD 50\r\n");
+    assert_eq!(
+        hub.node.shadow_queues().copies("edge"),
+        1,
+        "no copy kept for A's message"
+    );
+    let discarded = |hub: &Hub, id: MessageId| {
+        hub.events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Discarded { id: d, .. } if *d == id))
+    };
+    let (a_msg, b_msg) = if discarded(&hub, m1) {
+        (m1, m2)
+    } else {
+        (m2, m1)
+    };
+    assert!(discarded(&hub, a_msg), "A's message is reported discarded");
+    assert!(!discarded(&hub, b_msg));
+
+    // A's own XQDISCARD then brings B's id: nothing is left.
+    assert_eq!(hub.reply(a, &format!("250 {id_b}\r\n")), "QUIT\r\n");
+    hub.reply(a, "221 2.0.0 Bye\r\n");
+    assert_eq!(hub.node.shadow_queues().total(), 0);
+    assert!(discarded(&hub, b_msg));
+    assert_eq!(hub.node.stats().queued + hub.node.stats().in_flight, 0);
+}
