@@ -449,6 +449,9 @@ fn node_common(cmd: &mut Command, name: &str, port: u16, spool: &Path, o: &NodeO
         .args(["--heartbeat", o.heartbeat])
         .args(["--max-ack-delay", o.max_ack_delay])
         .args(["--resubmit-after", o.resubmit_after])
+        // A message whose session broke twice waits for its retry: seconds, not minutes, so
+        // the crash runs drain while the test waits.
+        .args(["--retry-first", "1s", "--retry-max", "4s"])
         .args(["--runtime", o.runtime.arg()]);
 }
 
