@@ -6,8 +6,8 @@
 //!
 //! What is normalized, because it legitimately differs between runs (see [`normalize`]):
 //! - the date in each `Received:` header (the wall clock);
-//! - the next hop's address in `NodeEvent::Delivered` (each run has its own sink port; the
-//!   in-memory driver has none).
+//! - the next hop's address in `NodeEvent::Sent` and `NodeEvent::Delivered` (each run has its
+//!   own sink port; the in-memory driver has none).
 //!
 //! Nothing else: every node starts from an empty spool with the same seed ([`SEED`]), so the
 //! database id in the XSHADOW reply and every id the node makes are the same on every
@@ -81,7 +81,7 @@ pub fn count_replies(bytes: &[u8]) -> usize {
 /// Masks what differs between runs for legitimate reasons (see the file's documentation).
 pub fn normalize(mut outcome: Outcome, hop: &str) -> Outcome {
     for event in &mut outcome.events {
-        if let NodeEvent::Delivered { hop: h, .. } = event
+        if let NodeEvent::Delivered { hop: h, .. } | NodeEvent::Sent { hop: h, .. } = event
             && h == hop
         {
             *h = "<next hop>".into();
@@ -292,6 +292,7 @@ fn scripted_shadow_session_is_identical_on_every_runtime() {
         kinds,
         [
             "Received",
+            "Sent",
             "DiscardQueued",
             "Delivered",
             "DiscardsConfirmed"
@@ -337,6 +338,7 @@ fn refused_commands_are_identical_on_every_runtime() {
 fn kind(e: &NodeEvent) -> &'static str {
     match e {
         NodeEvent::Received { .. } => "Received",
+        NodeEvent::Sent { .. } => "Sent",
         NodeEvent::Shadowed { .. } => "Shadowed",
         NodeEvent::Delivered { .. } => "Delivered",
         NodeEvent::Deferred { .. } => "Deferred",

@@ -429,6 +429,15 @@ pub enum NodeEvent {
         /// The sender's shadow context when we are its primary for this message.
         primary_for: Option<String>,
     },
+    /// The message was handed to a session to a next hop (an attempt starts).
+    Sent {
+        /// The message.
+        id: MessageId,
+        /// The next hop.
+        hop: String,
+        /// Which attempt this is, from 1.
+        attempt: u32,
+    },
     /// A next hop took the message and we keep a shadow copy.
     Shadowed {
         /// The message.
@@ -584,6 +593,9 @@ impl std::fmt::Display for NodeEvent {
                 )
             }
             Self::DiscardsConfirmed { count } => write!(f, "discards-confirmed count={count}"),
+            Self::Sent { id, hop, attempt } => {
+                write!(f, "sent id={} hop={hop} attempt={attempt}", id.0)
+            }
             Self::HeartbeatFailed { primary, failures } => {
                 write!(f, "heartbeat-failed primary={primary} failures={failures}")
             }
@@ -1683,15 +1695,23 @@ impl Node {
                 m.shadow_id = Some(sid);
             }
         }
+        let attempt = self.messages.get(&id).map_or(0, |m| m.attempts);
         if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn)
             && let Some(s) = o.session.as_mut()
-            && s.queue_message(msg, now).is_err()
         {
-            // The session is ending after all: the message goes back to the queue.
-            if let Some(i) = o.messages.iter().position(|x| *x == id) {
-                o.messages.remove(i);
+            if s.queue_message(msg, now).is_ok() {
+                self.outputs.push_back(Output::Event(NodeEvent::Sent {
+                    id,
+                    hop: o.hop.clone(),
+                    attempt,
+                }));
+            } else {
+                // The session is ending after all: the message goes back to the queue.
+                if let Some(i) = o.messages.iter().position(|x| *x == id) {
+                    o.messages.remove(i);
+                }
+                self.requeue(id, Duration::ZERO, "session ending");
             }
-            self.requeue(id, Duration::ZERO, "session ending");
         }
     }
 
