@@ -1234,7 +1234,9 @@ impl Node {
                         if !c.hold {
                             let _ = s.poll_transmit(&mut data);
                         }
-                        s.is_closed() && !c.hold
+                        // Closed while holding output: the peer went away (or the session
+                        // failed), so nothing held can be sent any more; close now.
+                        s.is_closed()
                     }
                     None => false,
                 },
@@ -1499,6 +1501,17 @@ impl Node {
                 continue;
             };
             if m.state != MessageState::Queued {
+                continue;
+            }
+            if m.envelope.recipients.is_empty() {
+                // Only a local submission can lack recipients: nothing to deliver.
+                self.batch.push(Record::Done { id });
+                self.forget_message(id);
+                self.outputs.push_back(Output::Event(NodeEvent::Bounced {
+                    id,
+                    bounce: None,
+                    reason: "the message has no recipients".into(),
+                }));
                 continue;
             }
             if self.now.saturating_duration_since(m.at) >= self.config.retry.lifetime {

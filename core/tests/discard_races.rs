@@ -21,6 +21,10 @@ struct Hub {
     sent: BTreeMap<ConnId, Vec<u8>>,
     connects: Vec<ConnId>,
     events: Vec<NodeEvent>,
+    closed: Vec<ConnId>,
+    /// Answer every Persist at once (else they wait in `unsynced`).
+    sync: bool,
+    unsynced: Vec<u64>,
 }
 
 impl Hub {
@@ -38,6 +42,9 @@ impl Hub {
             sent: BTreeMap::new(),
             connects: Vec::new(),
             events: Vec::new(),
+            closed: Vec::new(),
+            sync: true,
+            unsynced: Vec::new(),
         };
         hub.drain();
         hub
@@ -55,8 +62,11 @@ impl Hub {
                     Output::Connect { conn, .. } => self.connects.push(conn),
                     Output::Persist { token, .. } => synced.push(token),
                     Output::Event(e) => self.events.push(e),
-                    Output::Close(_) => {}
+                    Output::Close(conn) => self.closed.push(conn),
                 }
+            }
+            if !self.sync {
+                self.unsynced.append(&mut synced);
             }
             if synced.is_empty() {
                 return;
@@ -167,4 +177,51 @@ fn a_discard_that_outruns_its_messages_250_on_another_connection_leaves_no_copy_
     assert_eq!(hub.node.shadow_queues().total(), 0);
     assert!(discarded(&hub, b_msg));
     assert_eq!(hub.node.stats().queued + hub.node.stats().in_flight, 0);
+}
+
+#[test]
+fn a_primary_that_hangs_up_while_the_discards_are_being_synced_is_closed_at_once() {
+    let mut hub = Hub::new();
+    hub.submit("bob");
+    let [a] = hub.connects[..] else {
+        panic!("one session: {:?}", hub.connects);
+    };
+    let id = hub.send_up_to_the_final_reply(a);
+    assert_eq!(hub.reply(a, "250 2.6.0 Queued\r\n"), "XQDISCARD 50\r\n");
+    // The copy is dropped; QUIT waits until that is durable...
+    hub.sync = false;
+    assert_eq!(hub.reply(a, &format!("250 {id}\r\n")), "");
+    assert_eq!(hub.unsynced.len(), 1);
+    // ...but the edge hangs up first: nothing held can go out any more.
+    hub.input(Input::Closed(a));
+    assert_eq!(hub.closed, [a], "the node closes its end at once");
+    assert_eq!(hub.node.stats().connections, 0);
+    hub.sync = true;
+    for token in std::mem::take(&mut hub.unsynced) {
+        hub.input(Input::Persisted(token));
+    }
+    assert_eq!(hub.node.shadow_queues().total(), 0);
+    assert_eq!(hub.node.stats().queued + hub.node.stats().in_flight, 0);
+}
+
+#[test]
+fn a_local_submission_without_recipients_is_dropped_with_an_event_not_retried() {
+    let mut hub = Hub::new();
+    let envelope = Envelope {
+        from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
+        params: MailParams::default(),
+        recipients: Vec::new(),
+    };
+    let id = hub
+        .node
+        .submit(envelope, b"Subject: nobody\r\n\r\n", hub.now);
+    hub.drain();
+    assert!(hub.connects.is_empty(), "nothing to send");
+    assert!(
+        hub.events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Bounced { id: b, bounce: None, .. } if *b == id))
+    );
+    assert_eq!(hub.node.stats().queued, 0);
+    assert_eq!(hub.node.poll_timeout(), None, "no retry is scheduled");
 }
