@@ -19,6 +19,16 @@
 //!   [`Input::Persisted`] with the token once they are durable. The node acts on a change
 //!   (says 250, drops a copy, forgets an event) only after that.
 //! - [`Output::Event`]: a state change for logs and metrics.
+//!
+//! # How messages leave
+//!
+//! Each message goes to the first next hop that is up on its route ([`NodeConfig::routes`] by
+//! recipient domain, else [`NodeConfig::next_hops`]). A hop's sessions take every message that
+//! comes while they are open and end once idle for [`NodeConfig::session_linger`], with
+//! XQDISCARD when shadowed. A message that finds every hop of its route down waits until one is
+//! seen up again (any session's EHLO, heartbeats included), not for a retry backoff. An
+//! XQDISCARD reply on one connection may name a message whose 250 is still on its way on
+//! another: that 250 then keeps no copy.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
