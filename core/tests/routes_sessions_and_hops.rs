@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::{World, fast_config};
-use xshadow_core::node::{NodeEvent, ResubmitReason, Route};
+use xshadow_core::node::{NodeConfig, NodeEvent, ResubmitReason, Route};
 use xshadow_core::session::ClientConfig;
 
 /// sink-a and sink-b; an edge routing `a.test` to sink-a and everything else to sink-b; a hub
@@ -195,18 +195,15 @@ fn messages_that_arrive_while_a_session_sends_join_it() {
         at_once < 40,
         "a message arriving before the session finished the previous one joins it ({at_once} sessions)"
     );
-    let default = onward_sessions(xshadow_core::node::NodeConfig::new("x").session_linger);
+    let default = onward_sessions(NodeConfig::new("x").session_linger);
     assert_eq!(
         default, 1,
         "with the default linger one session carries all 40"
     );
 }
 
-/// Reproduces what stalled the crash run: the edge goes down, a message reaches the hub and
-/// fails to connect, the edge comes back. The message goes as soon as a heartbeat finds the
-/// edge up, not after the retry backoff (a minute here).
-#[test]
-fn a_message_that_found_its_hop_down_goes_as_soon_as_the_hop_is_seen_up_again() {
+/// hub -> edge -> sink, the hub shadowing through the edge; `tune` adjusts the hub.
+fn hub_edge_sink(tune: impl FnOnce(&mut NodeConfig)) -> World {
     let mut world = World::new();
     world.add_sink("sink");
     let mut edge = fast_config("edge");
@@ -217,11 +214,22 @@ fn a_message_that_found_its_hop_down_goes_as_soon_as_the_hop_is_seen_up_again() 
     let mut hub = fast_config("hub");
     hub.next_hops = vec!["edge".into()];
     hub.shadow_next_hops = true;
-    hub.retry.first = Duration::from_secs(60);
-    hub.retry.max = Duration::from_secs(3600);
-    // M1's session ends at once, so M2 needs a new connection.
-    hub.session_linger = Duration::ZERO;
+    tune(&mut hub);
     world.add_node("hub", hub, 7);
+    world
+}
+
+/// Reproduces what stalled the crash run: the edge goes down, a message reaches the hub and
+/// fails to connect, the edge comes back. The message goes as soon as a heartbeat finds the
+/// edge up, not after the retry backoff (a minute here).
+#[test]
+fn a_message_that_found_its_hop_down_goes_as_soon_as_the_hop_is_seen_up_again() {
+    let mut world = hub_edge_sink(|hub| {
+        hub.retry.first = Duration::from_secs(60);
+        hub.retry.max = Duration::from_secs(3600);
+        // M1's session ends at once, so M2 needs a new connection.
+        hub.session_linger = Duration::ZERO;
+    });
     // M1 stays on the edge (its sink is down), so the hub holds a copy and heartbeats.
     world.set_down("sink", true);
     world.add_client("hub", &[(1, "bob")]);
@@ -259,18 +267,8 @@ fn a_message_that_found_its_hop_down_goes_as_soon_as_the_hop_is_seen_up_again() 
 
 #[test]
 fn each_counted_heartbeat_failure_is_reported_once_with_its_count() {
-    let mut world = World::new();
-    world.add_sink("sink");
-    let mut edge = fast_config("edge");
-    edge.next_hops = vec!["sink".into()];
-    edge.offer_shadow = true;
-    edge.shadow_peers = vec!["127.0.0.0/8".parse().unwrap()];
-    world.add_node("edge", edge, 3);
-    let mut hub = fast_config("hub");
-    hub.next_hops = vec!["edge".into()];
-    hub.shadow_next_hops = true;
-    let threshold = hub.shadow.failure_threshold();
-    world.add_node("hub", hub, 7);
+    let threshold = fast_config("hub").shadow.failure_threshold();
+    let mut world = hub_edge_sink(|_| {});
     world.set_down("sink", true);
     let msgs: Vec<(u64, &str)> = (1..=3).map(|i| (i, "bob")).collect();
     world.add_client("hub", &msgs);
