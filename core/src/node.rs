@@ -284,6 +284,28 @@ impl NodeConfig {
     pub fn shadow_context(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.name.as_bytes())
     }
+
+    /// The server settings the node runs with: `server`, named `name`, offering XSHADOW when
+    /// `offer_shadow`.
+    pub fn server_config(&self) -> ServerConfig {
+        let mut server = self.server.clone();
+        server.hostname = self.name.clone();
+        server.shadow = if self.offer_shadow {
+            ShadowOffer::XShadow
+        } else {
+            ShadowOffer::None
+        };
+        server
+    }
+
+    /// The client settings of sessions to next hops: `client`, named `name`, asking XSHADOW
+    /// with our context when `shadow_next_hops`.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut client = self.client.clone();
+        client.hostname = self.name.clone();
+        client.shadow_context = self.shadow_next_hops.then(|| self.shadow_context());
+        client
+    }
 }
 
 /// A [`NodeConfig`] that cannot run: which setting, and why.
@@ -313,10 +335,7 @@ impl NodeConfig {
                 reason: reason.to_owned(),
             })
         };
-        let mut client = self.client.clone();
-        client.hostname = self.name.clone();
-        client.shadow_context = self.shadow_next_hops.then(|| self.shadow_context());
-        if let Err(e) = client.validate() {
+        if let Err(e) = self.client_config().validate() {
             let setting = match e {
                 crate::session::ConfigError::Hostname => "name",
                 crate::session::ConfigError::ShadowContext => "name (shadow context)",
@@ -325,7 +344,7 @@ impl NodeConfig {
             };
             return bad(setting, &e.to_string());
         }
-        let server = &self.server;
+        let server = &self.server_config();
         if server.max_line < 512 {
             return bad("server.max_line", "must be at least 512 (RFC 5321)");
         }
@@ -732,7 +751,8 @@ enum AfterPersist {
 pub struct Node {
     config: NodeConfig,
     server_config: Arc<ServerConfig>,
-    context: String,
+    /// The settings of every outbound session ([`NodeConfig::client_config`]).
+    client_config: ClientConfig,
     rng: fastrand::Rng,
     database_id: String,
     anchor: (Instant, u64),
@@ -799,16 +819,9 @@ impl Node {
         now: Instant,
         unix_ms: u64,
     ) -> Self {
-        let mut server = config.server.clone();
-        server.hostname = config.name.clone();
-        server.shadow = if config.offer_shadow {
-            ShadowOffer::XShadow
-        } else {
-            ShadowOffer::None
-        };
         let mut node = Self {
-            server_config: Arc::new(server),
-            context: config.shadow_context(),
+            server_config: Arc::new(config.server_config()),
+            client_config: config.client_config(),
             rng: fastrand::Rng::with_seed(seed),
             database_id: String::new(),
             anchor: (now, unix_ms),
@@ -1810,9 +1823,7 @@ impl Node {
 
     fn connected(&mut self, conn: ConnId) {
         let now = self.now;
-        let mut config = self.config.client.clone();
-        config.hostname = self.config.name.clone();
-        config.shadow_context = self.config.shadow_next_hops.then(|| self.context.clone());
+        let config = self.client_config.clone();
         let (ids, heartbeat) = match self.conns.get(&conn) {
             Some(Conn::Outbound(o)) if o.session.is_none() => (o.messages.clone(), o.heartbeat),
             _ => return,
