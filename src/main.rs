@@ -174,7 +174,17 @@ impl NodeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout with exit code 0, as usual.
+        Err(err) if !err.use_stderr() => err.exit(),
+        // A usage error is one line and exit code 2, like every other bad input.
+        Err(err) => {
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            return fail(first.strip_prefix("error: ").unwrap_or(first));
+        }
+    };
     // The demo prints its own story; nodes log every message state change.
     let default_level = if matches!(cli.command, Command::Demo { .. }) {
         "error"
