@@ -180,9 +180,15 @@ fn main() -> ExitCode {
         Err(err) if !err.use_stderr() => err.exit(),
         // A usage error is one line and exit code 2, like every other bad input.
         Err(err) => {
+            // Clap's message runs until the blank line before its usage text.
             let text = err.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            return fail(first.strip_prefix("error: ").unwrap_or(first));
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            return fail(message.strip_prefix("error: ").unwrap_or(&message));
         }
     };
     // The demo prints its own story; nodes log every message state change.

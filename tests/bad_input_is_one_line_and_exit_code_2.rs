@@ -83,6 +83,7 @@ fn usage_errors_are_one_line_and_exit_code_2() {
     let spool = spool.to_str().unwrap();
     refused_edge(spool, &["--bogus"], "--bogus");
     refused(&["frobnicate"], "frobnicate");
+    refused(&["edge", "--name", "e"], "--listen <LISTEN>");
     refused(
         &[
             "edge", "--name", "e", "--listen", "nowhere", "--spool", spool, "--relay", "x:1",
