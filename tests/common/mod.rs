@@ -417,6 +417,8 @@ pub struct NodeOpts {
     pub heartbeat: &'static str,
     pub max_ack_delay: &'static str,
     pub resubmit_after: &'static str,
+    /// First retry delay and longest one (`--retry-first`, `--retry-max`).
+    pub retry: (&'static str, &'static str),
     pub runtime: Runtime,
 }
 
@@ -426,6 +428,9 @@ impl Default for NodeOpts {
             heartbeat: "300ms",
             max_ack_delay: "0s",
             resubmit_after: "3h",
+            // A message whose session broke twice waits for its retry: seconds, not minutes,
+            // so the crash runs drain while the test waits.
+            retry: ("1s", "4s"),
             runtime: Runtime::Tokio,
         }
     }
@@ -449,9 +454,7 @@ fn node_common(cmd: &mut Command, name: &str, port: u16, spool: &Path, o: &NodeO
         .args(["--heartbeat", o.heartbeat])
         .args(["--max-ack-delay", o.max_ack_delay])
         .args(["--resubmit-after", o.resubmit_after])
-        // A message whose session broke twice waits for its retry: seconds, not minutes, so
-        // the crash runs drain while the test waits.
-        .args(["--retry-first", "1s", "--retry-max", "4s"])
+        .args(["--retry-first", o.retry.0, "--retry-max", o.retry.1])
         .args(["--runtime", o.runtime.arg()]);
 }
 
