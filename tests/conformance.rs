@@ -21,6 +21,8 @@
 #![forbid(unsafe_code)]
 
 mod common;
+
+use common::find;
 #[path = "conformance/memory.rs"]
 mod memory;
 #[path = "conformance/runtimes.rs"]
@@ -111,10 +113,6 @@ fn mask_received_dates(bytes: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(rest);
     out
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn loopback_net() -> IpNet {

@@ -174,7 +174,8 @@ fn sink_stores_every_message_before_its_250(runtime: Runtime) {
     ];
     for (tag, content, to) in &singles {
         let before = read_files(&new).len();
-        smtp.command(&format!("MAIL FROM:<{FROM}>")).expect("MAIL");
+        let reply = smtp.command(&format!("MAIL FROM:<{FROM}>")).expect("MAIL");
+        assert_eq!(reply.code, 250, "{reply:?}");
         for r in to {
             let reply = smtp.command(&format!("RCPT TO:<{r}>")).expect("RCPT");
             assert_eq!(reply.code, 250, "{reply:?}");
@@ -225,7 +226,8 @@ fn sink_stores_every_message_before_its_250(runtime: Runtime) {
 
     // SIGTERM with a session open and one half-sent: the sink stops with status 0.
     let mut idle = Smtp::connect(addr, PATIENCE).expect("connect");
-    idle.command(&format!("MAIL FROM:<{FROM}>")).expect("MAIL");
+    let reply = idle.command(&format!("MAIL FROM:<{FROM}>")).expect("MAIL");
+    assert_eq!(reply.code, 250, "{reply:?}");
     let mut half = TcpStream::connect(addr).expect("connect");
     half.write_all(b"EHLO half").expect("a partial line");
     sink.signal("TERM");

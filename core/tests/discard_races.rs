@@ -6,11 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use xshadow_core::node::{ConnId, Input, Node, NodeConfig, NodeEvent, Output};
-use xshadow_core::session::{Envelope, Recipient};
 use xshadow_core::shadow::MessageId;
-use xshadow_core::wire::Mailbox;
-use xshadow_core::wire::params::{MailParams, RcptParams};
-use xshadow_core::wire::path::{ForwardPath, ReversePath};
+
+mod support;
 
 const DATABASE_ID: &str = "X+QUj+rOf0ag5pssHT5PUA==";
 
@@ -91,14 +89,7 @@ impl Hub {
     }
 
     fn submit(&mut self, to: &str) -> MessageId {
-        let envelope = Envelope {
-            from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
-            params: MailParams::default(),
-            recipients: vec![Recipient {
-                to: ForwardPath::Mailbox(Mailbox::new(to.to_owned(), "example.net")),
-                params: RcptParams::default(),
-            }],
-        };
+        let envelope = support::envelope(to);
         self.now += Duration::from_millis(1);
         let id = self
             .node
@@ -207,11 +198,7 @@ fn a_primary_that_hangs_up_while_the_discards_are_being_synced_is_closed_at_once
 #[test]
 fn a_local_submission_without_recipients_is_dropped_with_an_event_not_retried() {
     let mut hub = Hub::new();
-    let envelope = Envelope {
-        from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
-        params: MailParams::default(),
-        recipients: Vec::new(),
-    };
+    let envelope = support::envelope_to::<&str>(&[]);
     let id = hub
         .node
         .submit(envelope, b"Subject: nobody\r\n\r\n", hub.now);
