@@ -1,7 +1,7 @@
 //! Small drivers for one SMTP session over one TCP connection, used by the `sink`, `send`
-//! and `demo` commands (the relay nodes themselves run on the bindings): the sink's protocol
-//! decisions and drain step, shared by its three runtimes ([`crate::sink`]), and the tokio
-//! drivers of a sink session and of a client session.
+//! and `demo` commands (the relay nodes themselves run on the bindings): the sink's drain step
+//! (its protocol decisions are core's [`sink`]), shared by its three runtimes
+//! ([`crate::sink`]), and the tokio drivers of a sink session and of a client session.
 
 use std::io;
 use std::time::Duration;
@@ -9,10 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use xshadow_core::session::{
-    ClientEvent, ClientSession, ReceivedMessage, ServerEvent, ServerSession,
-};
-use xshadow_core::wire::Reply;
+use xshadow_core::session::{ClientEvent, ClientSession, ReceivedMessage, ServerSession, sink};
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
@@ -21,72 +18,22 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
-/// Answers a final destination's decisions: every sender and recipient is accepted, shadow
-/// requests are refused (a sink is nobody's primary). Returns a complete message, which the
-/// caller stores and then confirms with [`stored`].
-pub fn answer_as_sink(
-    session: &mut ServerSession,
-    event: ServerEvent,
-) -> io::Result<Option<Box<ReceivedMessage>>> {
-    let now = std::time::Instant::now();
-    match event {
-        ServerEvent::MailFrom => session.accept_mail(now).map_err(io::Error::other)?,
-        ServerEvent::RcptTo => session.accept_rcpt(now).map_err(io::Error::other)?,
-        ServerEvent::MessageComplete(message) => return Ok(Some(message)),
-        ServerEvent::XShadow { .. } => session
-            .reject_xshadow(Reply::command_not_implemented(), now)
-            .map_err(io::Error::other)?,
-        ServerEvent::XShadowRequest { .. } => session
-            .reject_shadow_request(Reply::command_not_implemented(), now)
-            .map_err(io::Error::other)?,
-        ServerEvent::XqDiscard { .. } => {
-            let none: [&str; 0] = [];
-            session
-                .answer_xqdiscard(&none, now)
-                .map_err(io::Error::other)?;
-        }
-        _ => {}
-    }
-    Ok(None)
-}
-
-/// Tells the session whether the message it handed over was stored: 250, or a temporary
-/// failure the client will retry.
-pub fn stored(session: &mut ServerSession, result: io::Result<()>) -> io::Result<()> {
-    let now = std::time::Instant::now();
-    match result {
-        Ok(()) => session.message_stored(now).map_err(io::Error::other),
-        Err(err) => {
-            tracing::error!(%err, "could not store a message");
-            let status = Some(xshadow_core::wire::EnhancedStatus::new(4, 3, 0));
-            let reply = Reply::new(451, status, "Local error in processing");
-            session
-                .message_rejected(reply, now)
-                .map_err(io::Error::other)
-        }
-    }
-}
-
-/// The drain rule for a sink's session: moves its replies into `out` and answers its
-/// decisions until it has nothing more, or until it hands over a complete message. The caller
-/// then stores the message, reports the outcome with [`stored`] and calls this again; until
-/// then the session waits (it neither reads nor times out).
+/// The drain rule for a sink's session ([`sink::drain`]): the destination's decisions are
+/// core's; this adds the clock and maps the caller's bugs to I/O errors.
 pub fn drain_as_sink(
     session: &mut ServerSession,
     out: &mut Vec<u8>,
 ) -> io::Result<Option<Box<ReceivedMessage>>> {
-    loop {
-        let mut moved = session.poll_transmit(out).is_some();
-        while let Some(event) = session.poll_event() {
-            moved = true;
-            if let Some(message) = answer_as_sink(session, event)? {
-                return Ok(Some(message));
-            }
-        }
-        if !moved {
-            return Ok(None);
-        }
+    sink::drain(session, out, std::time::Instant::now()).map_err(io::Error::other)
+}
+
+/// Tells the session whether the message it handed over was stored ([`sink::stored`]: 250,
+/// or a temporary failure the client will retry); a failure is logged.
+pub fn stored(session: &mut ServerSession, result: io::Result<()>) -> io::Result<()> {
+    if let Err(err) = &result {
+        tracing::error!(%err, "could not store a message");
     }
+    sink::stored(session, result.is_ok(), std::time::Instant::now()).map_err(io::Error::other)
 }
 
 /// Runs a final-destination server session on `stream` until it closes; `store` is called

@@ -2,7 +2,7 @@
 //! a Maildir, durably, before it says 250.
 //!
 //! The sink runs on the runtime `--runtime` names, each driving the same [`ServerSession`]
-//! with the same decisions ([`drive::answer_as_sink`], [`drive::drain_as_sink`]) and the same
+//! with the same decisions ([`xshadow_core::session::sink`], [`drive::drain_as_sink`]) and the same
 //! [`Maildir`]:
 //! - tokio ([`serve`]): one task per connection; the Maildir write on `spawn_blocking`;
 //! - async-std (`on_async_std`, feature `async-std`): async-io/async-net sockets, one task

@@ -15,10 +15,9 @@ use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use xshadow_async_std::{RunningNode, Settings};
 use xshadow_core::node::NodeConfig;
-use xshadow_core::session::{Envelope, Recipient, ServerConfig, ServerEvent, ServerSession};
+use xshadow_core::session::{Envelope, Recipient, ServerConfig, ServerSession, sink};
 use xshadow_core::wire::params::{MailParams, RcptParams};
 use xshadow_core::wire::path::{ForwardPath, Mailbox, ReversePath};
-use xshadow_core::wire::reply::Reply;
 
 /// A boxed task, as both executors spawn it.
 pub type BoxTask = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
@@ -213,32 +212,12 @@ impl Sink {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            // The drain rule.
-            loop {
-                let mut moved = session.poll_transmit(&mut out).is_some();
-                while let Some(event) = session.poll_event() {
-                    moved = true;
-                    let now = Instant::now();
-                    let answered = match event {
-                        ServerEvent::MailFrom => session.accept_mail(now),
-                        ServerEvent::RcptTo => session.accept_rcpt(now),
-                        ServerEvent::MessageComplete(message) => {
-                            self.delivered.lock().unwrap().push(message.body);
-                            session.message_stored(now)
-                        }
-                        ServerEvent::XShadow { .. } => {
-                            session.reject_xshadow(Reply::command_not_implemented(), now)
-                        }
-                        ServerEvent::XqDiscard { .. } => {
-                            session.answer_xqdiscard::<&str>(&[], now).map(drop)
-                        }
-                        _ => Ok(()),
-                    };
-                    answered.expect("the sink answers what it is asked");
-                }
-                if !moved {
-                    break;
-                }
+            // The drain rule, with a destination's answers (core's `session::sink`).
+            while let Some(message) = sink::drain(&mut session, &mut out, Instant::now())
+                .expect("the sink answers what it is asked")
+            {
+                self.delivered.lock().unwrap().push(message.body);
+                sink::stored(&mut session, true, Instant::now()).expect("a message to store");
             }
             if stream.write_all(&out).is_err() {
                 return;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use xshadow_core::node::NodeConfig;
 use xshadow_core::session::{
-    Envelope, ReceivedMessage, Recipient, ServerConfig, ServerEvent, ServerSession,
+    Envelope, ReceivedMessage, Recipient, ServerConfig, ServerSession, sink,
 };
-use xshadow_core::wire::{ForwardPath, MailParams, Mailbox, RcptParams, Reply, ReversePath};
+use xshadow_core::wire::{ForwardPath, MailParams, Mailbox, RcptParams, ReversePath};
 use xshadow_mio::Settings;
 
 /// A scratch directory removed when dropped.
@@ -131,30 +131,10 @@ fn serve(mut stream: TcpStream, mut session: ServerSession, inbox: &Inbox) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
-        loop {
-            let mut moved = session.poll_transmit(&mut out).is_some();
-            while let Some(event) = session.poll_event() {
-                moved = true;
-                let now = Instant::now();
-                let _ = match event {
-                    ServerEvent::MailFrom => session.accept_mail(now),
-                    ServerEvent::RcptTo => session.accept_rcpt(now),
-                    ServerEvent::MessageComplete(message) => {
-                        inbox.lock().unwrap().push(*message);
-                        session.message_stored(now)
-                    }
-                    ServerEvent::XShadow { .. } => {
-                        session.reject_xshadow(Reply::command_not_implemented(), now)
-                    }
-                    ServerEvent::XqDiscard { .. } => {
-                        session.answer_xqdiscard(&[] as &[&str], now).map(drop)
-                    }
-                    _ => Ok(()),
-                };
-            }
-            if !moved {
-                break;
-            }
+        // The drain rule, with a destination's answers (core's `session::sink`).
+        while let Ok(Some(message)) = sink::drain(&mut session, &mut out, Instant::now()) {
+            inbox.lock().unwrap().push(*message);
+            let _ = sink::stored(&mut session, true, Instant::now());
         }
         if !out.is_empty() {
             if stream.write_all(&out).is_err() {

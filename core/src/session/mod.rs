@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod server;
+pub mod sink;
 
 use std::fmt;
 use std::time::Duration;

@@ -295,6 +295,15 @@ impl<'a> Reply<'a> {
         )
     }
 
+    /// `451 4.3.0 Local error in processing`: the message could not be stored; try later.
+    pub fn local_error() -> Self {
+        Self::new(
+            451,
+            Some(EnhancedStatus::new(4, 3, 0)),
+            "Local error in processing",
+        )
+    }
+
     /// `500 5.5.2 Line too long` (PROTOCOL.md §10).
     pub fn line_too_long() -> Self {
         Self::new(500, Some(EnhancedStatus::new(5, 5, 2)), "Line too long")
