@@ -47,8 +47,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use xshadow_core::node::{ConnId, Input, Node, NodeStats, Output};
 use xshadow_core::session::Envelope;
 use xshadow_core::shadow::MessageId;
+use xshadow_spool::binding::{self, open_node, spool_failed, stopped};
 pub use xshadow_spool::binding::{EventHook, Settings};
-use xshadow_spool::binding::{open_node, spool_failed, stopped};
 use xshadow_spool::{Completion, Completions, SpoolHandle};
 
 /// How long a connection task waits for its peer's close after the node closed it.
@@ -399,10 +399,9 @@ impl Driver {
                         let _ = inbox.send(message).await;
                     });
                 }
-                Output::Persist { token, records } => match &self.spool {
-                    Some(spool) => spool.persist(token, records).map_err(io::Error::other)?,
-                    None => return Err(io::Error::other("spool closed")),
-                },
+                Output::Persist { token, records } => {
+                    binding::persist(self.spool.as_ref(), token, records)?;
+                }
                 Output::Event(event) => self.settings.report(&event),
             }
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use xshadow_core::node::{Node, NodeConfig, NodeEvent};
 
-use crate::{Spool, SpoolOptions};
+use crate::{Spool, SpoolHandle, SpoolOptions};
 
 /// A function called with every event a node emits, in order, on the binding's node task or
 /// thread (keep it short: the node waits for it).
@@ -132,6 +132,19 @@ pub fn open_node(settings: &Settings, now: Instant) -> io::Result<(Spool, Node)>
         unix_ms(),
     );
     Ok((spool, node))
+}
+
+/// Hands a node's `Output::Persist` to the spool writer; an error once the spool is closed
+/// (the node must stop: nothing more may be acknowledged).
+pub fn persist(
+    spool: Option<&SpoolHandle>,
+    token: u64,
+    records: Vec<xshadow_core::store::Record>,
+) -> io::Result<()> {
+    match spool {
+        Some(spool) => spool.persist(token, records).map_err(io::Error::other),
+        None => Err(io::Error::other("spool closed")),
+    }
 }
 
 /// The error a handle's calls return once its node has stopped.
