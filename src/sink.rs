@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use xshadow_core::dsn::rfc5322_date;
@@ -32,6 +32,10 @@ use crate::runtime::Runtime;
 pub mod on_async_std;
 #[cfg(feature = "mio")]
 pub mod on_mio;
+
+/// How long a sink waits before accepting again after `accept` failed (out of descriptors,
+/// say), on every runtime.
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// A Maildir (`tmp/`, `new/`, `cur/`) that messages are delivered into.
 #[derive(Debug, Clone)]
@@ -115,7 +119,15 @@ fn sink_config(name: &str) -> ServerConfig {
 pub async fn serve(listener: TcpListener, maildir: Maildir, name: String) -> io::Result<()> {
     let config = Arc::new(sink_config(&name));
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of descriptors, say: the sink goes on once some are free.
+                tracing::warn!(%err, "accept failed; trying again shortly");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let session = ServerSession::new(config.clone(), false, std::time::Instant::now());
         let maildir = maildir.clone();

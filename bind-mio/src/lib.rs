@@ -29,19 +29,21 @@ use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use xshadow_core::node::{ConnId, Input, Node, NodeStats, Output};
 use xshadow_core::session::Envelope;
 use xshadow_core::shadow::MessageId;
+use xshadow_spool::binding::{self, open_node, spool_failed, stopped};
 pub use xshadow_spool::binding::{EventHook, Settings};
-use xshadow_spool::binding::{open_node, spool_failed, stopped};
 use xshadow_spool::{Completion, Completions, SpoolHandle};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
+/// How long to wait before accepting again after `accept` failed.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// Connection `ConnId(n)` is registered as `Token(n + FIRST_CONN)`.
 const FIRST_CONN: usize = 2;
 /// Unwritten bytes on a connection beyond which it is not read until the peer catches up.
@@ -213,6 +215,7 @@ pub fn bind(settings: Settings) -> io::Result<BoundNode> {
         connects: BTreeSet::new(),
         resume: Vec::new(),
         stopping: None,
+        accept_again: None,
         buf: vec![0; 64 * 1024],
     };
     Ok(BoundNode {
@@ -291,6 +294,9 @@ struct Driver {
     resume: Vec<ConnId>,
     /// Set once a stop was asked: the moment the grace period ends.
     stopping: Option<Instant>,
+    /// When to try `accept` again after it failed (say, out of file descriptors): readiness
+    /// is edge-triggered, so connections already waiting would get no new event.
+    accept_again: Option<Instant>,
     buf: Vec<u8>,
 }
 
@@ -309,14 +315,22 @@ impl Driver {
                 break;
             }
             let connect = self.connects.first().map(|(t, _)| *t);
-            let deadline = [self.node.poll_timeout(), self.stopping, connect]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.node.poll_timeout(),
+                self.stopping,
+                connect,
+                self.accept_again,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = deadline.map(|d| d.saturating_duration_since(now));
             match self.poll.poll(&mut events, timeout) {
                 Err(err) if err.kind() == ErrorKind::Interrupted => continue,
                 result => result?,
+            }
+            if self.accept_again.is_some_and(|t| t <= Instant::now()) {
+                self.accept_all()?;
             }
             for event in &events {
                 match event.token() {
@@ -395,10 +409,9 @@ impl Driver {
                     }
                 }
                 Output::Connect { conn, to } => self.connect(conn, &to),
-                Output::Persist { token, records } => match &self.spool {
-                    Some(spool) => spool.persist(token, records).map_err(io::Error::other)?,
-                    None => return Err(io::Error::other("spool closed")),
-                },
+                Output::Persist { token, records } => {
+                    binding::persist(self.spool.as_ref(), token, records)?;
+                }
                 Output::Event(event) => self.settings.report(&event),
             }
         }
@@ -406,6 +419,7 @@ impl Driver {
     }
 
     fn accept_all(&mut self) -> io::Result<()> {
+        self.accept_again = None;
         while let Some(listener) = &self.listener {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
@@ -436,7 +450,8 @@ impl Driver {
                         ErrorKind::Interrupted | ErrorKind::ConnectionAborted
                     ) => {}
                 Err(err) => {
-                    tracing::warn!(%err, "accept failed");
+                    tracing::warn!(%err, "accept failed; trying again shortly");
+                    self.accept_again = Some(Instant::now() + ACCEPT_PAUSE);
                     break;
                 }
             }

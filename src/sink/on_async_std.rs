@@ -7,7 +7,7 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_global_executor::{spawn, spawn_blocking};
 use async_io::Timer;
@@ -16,11 +16,8 @@ use futures_lite::future::pending;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use xshadow_core::session::ServerSession;
 
-use super::Maildir;
+use super::{ACCEPT_PAUSE, Maildir};
 use crate::drive;
-
-/// How long the accept loop pauses after a failed accept (out of file descriptors, say).
-const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Binds `listen` (the socket is served once [`serve`] runs).
 pub async fn bind(listen: SocketAddr) -> io::Result<TcpListener> {

@@ -20,7 +20,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use xshadow_core::session::{ReceivedMessage, ServerConfig, ServerSession};
 
-use super::Maildir;
+use super::{ACCEPT_PAUSE, Maildir};
 use crate::drive;
 
 const LISTENER: Token = Token(0);
@@ -96,6 +96,7 @@ impl MioSink {
             next: FIRST_CONN,
             jobs,
             done,
+            accept_again: None,
             buf: vec![0; 64 * 1024],
         };
         driver.run(&self.stop)
@@ -219,6 +220,9 @@ struct Driver {
     next: usize,
     jobs: Sender<Job>,
     done: Receiver<(Token, io::Result<()>)>,
+    /// When to try `accept` again after it failed (say, out of file descriptors): readiness
+    /// is edge-triggered, so connections already waiting would get no new event.
+    accept_again: Option<Instant>,
     buf: Vec<u8>,
 }
 
@@ -233,11 +237,15 @@ impl Driver {
                 .conns
                 .values()
                 .filter_map(|c| c.session.poll_timeout())
+                .chain(self.accept_again)
                 .min()
                 .map(|at| at.saturating_duration_since(now));
             match self.poll.poll(&mut events, timeout) {
                 Err(err) if err.kind() == ErrorKind::Interrupted => continue,
                 result => result?,
+            }
+            if self.accept_again.is_some_and(|t| t <= Instant::now()) {
+                self.accept_all();
             }
             for event in &events {
                 match event.token() {
@@ -275,6 +283,7 @@ impl Driver {
     }
 
     fn accept_all(&mut self) {
+        self.accept_again = None;
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _peer)) => {
@@ -307,7 +316,8 @@ impl Driver {
                         ErrorKind::Interrupted | ErrorKind::ConnectionAborted
                     ) => {}
                 Err(err) => {
-                    tracing::warn!(%err, "accept failed");
+                    tracing::warn!(%err, "accept failed; trying again shortly");
+                    self.accept_again = Some(Instant::now() + ACCEPT_PAUSE);
                     return;
                 }
             }
