@@ -44,7 +44,7 @@ pub enum AnyNode {
     Mio(xshadow_mio::RunningNode),
 }
 
-fn not_built(runtime: Runtime) -> io::Error {
+pub(crate) fn not_built(runtime: Runtime) -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
         format!(

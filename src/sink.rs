@@ -151,8 +151,9 @@ pub async fn serve(listener: TcpListener, maildir: Maildir, name: String) -> io:
     }
 }
 
-/// Binds and runs a sink on `runtime` until the process ends or this future is dropped
-/// (which stops accepting).
+/// Binds and runs a sink on `runtime` until the process ends or this future is dropped, which
+/// stops accepting. Sessions still open then end with it on mio (its loop is the only thing
+/// serving them); on tokio and async-std their tasks run on until the process exits.
 pub async fn run(listen: SocketAddr, dir: &Path, runtime: Runtime) -> io::Result<()> {
     let maildir = Maildir::create(dir)?;
     let name = "sink.localhost".to_owned();
@@ -181,12 +182,7 @@ pub async fn run(listen: SocketAddr, dir: &Path, runtime: Runtime) -> io::Result
                 .map_err(io::Error::other)?
         }
         #[allow(unreachable_patterns)]
-        other => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "this xshadow was built without the {other} runtime (cargo feature \"{other}\")"
-            ),
-        )),
+        other => Err(crate::runtime::not_built(other)),
     }
 }
 

@@ -144,6 +144,10 @@ fn a_configuration_the_node_cannot_run_with_is_refused_before_the_spool_is_touch
         err.to_string().contains("server.max_pending_output"),
         "{err}"
     );
+    assert!(
+        !spool.path().join(xshadow_spool::LOCK_FILE).exists(),
+        "the spool was not opened"
+    );
     let node = xshadow_mio::start(settings(edge_to_nowhere(), spool.path())).unwrap();
     node.handle().stop();
     node.wait().unwrap();

@@ -48,7 +48,8 @@ pub struct Stopper {
 }
 
 impl Stopper {
-    /// Asks the loop to stop: it stops accepting and returns at its next wake-up.
+    /// Asks the loop to stop: it returns at its next wake-up, which ends the sessions still
+    /// open with it (no more accepting, no more serving).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
