@@ -347,8 +347,6 @@ fn kind(e: &NodeEvent) -> &'static str {
         NodeEvent::DiscardQueued { .. } => "DiscardQueued",
         NodeEvent::DiscardsConfirmed { .. } => "DiscardsConfirmed",
         NodeEvent::HeartbeatFailed { .. } => "HeartbeatFailed",
-        #[allow(unreachable_patterns)]
-        _ => "other",
     }
 }
 

@@ -4,8 +4,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use xshadow_spool::binding::Settings;
 use super::sink::TcpSink;
 use super::{Outcome, SEED, Scenario, Step, count_replies, normalize};
 #[cfg(all(feature = "mio", feature = "async-std"))]
-use crate::common::{Runtime as ProcRuntime, Scratch, read_files, start_xshadow_sink};
+use crate::common::{Runtime as ProcRuntime, Scratch, read_files, start_xshadow_sink, wait_for};
 
 /// How long any one wait may take before the test fails (generous: CI machines are slow).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -123,46 +122,11 @@ fn start_async_std(
     })
 }
 
-/// A scratch directory, removed when dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// A new empty directory named after `tag`.
-    pub fn new(tag: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag: String = tag
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let dir = std::env::temp_dir().join(format!(
-            "xshadow-conformance-{}-{n}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        Self(dir)
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Waits until `check` holds, polling every 10 ms, failing after [`PATIENCE`].
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(what, PATIENCE, Duration::from_millis(10), || {
+        check().then_some(())
+    });
 }
 
 /// Settings on loopback with a fixed seed, short grace and connect timeouts, and a hook
@@ -212,10 +176,10 @@ fn read_until(
 pub fn run(binding: &Binding, scenario: &Scenario) -> Outcome {
     let sink = TcpSink::start();
     let hop = sink.addr().to_string();
-    let dir = TempDir::new(binding.name);
+    let dir = Scratch::new(binding.name);
     let events = Arc::new(Mutex::new(Vec::new()));
     let config = (scenario.config)(&hop);
-    let node = (binding.start)(settings(config, dir.path(), &events))
+    let node = (binding.start)(settings(config, &dir.path, &events))
         .unwrap_or_else(|e| panic!("{}: start: {e}", binding.name));
     let mut client = TcpStream::connect(node.addr).expect("connect to the node");
     client
@@ -285,9 +249,9 @@ pub fn mixed_deployment() {
     let (mut sink, sink_addr) = start_xshadow_sink(&scratch, &maildir, ProcRuntime::AsyncStd);
     let new = maildir.join("new");
     let (last_dir, edge_dir, hub_dir) = (
-        TempDir::new("mixed-last"),
-        TempDir::new("mixed-edge"),
-        TempDir::new("mixed-hub"),
+        Scratch::new("mixed-last"),
+        Scratch::new("mixed-edge"),
+        Scratch::new("mixed-hub"),
     );
     let (last_events, edge_events, hub_events) = (
         Arc::new(Mutex::new(Vec::new())),
@@ -297,7 +261,7 @@ pub fn mixed_deployment() {
 
     let mut s = settings(
         quick("last.test", sink_addr.to_string()),
-        last_dir.path(),
+        &last_dir.path,
         &last_events,
     );
     s.seed = Some(SEED ^ 1);
@@ -306,14 +270,14 @@ pub fn mixed_deployment() {
     let mut c = quick("edge.test", last.addr.to_string());
     c.offer_shadow = true;
     c.shadow_peers = vec![super::loopback_net()];
-    let mut s = settings(c, edge_dir.path(), &edge_events);
+    let mut s = settings(c, &edge_dir.path, &edge_events);
     s.seed = Some(SEED ^ 2);
     let edge = start_mio(s).expect("mio edge");
 
     let mut c = quick("hub.test", edge.addr.to_string());
     c.shadow_next_hops = true;
     c.shadow.heartbeat_interval = Duration::from_millis(300);
-    let mut s = settings(c, hub_dir.path(), &hub_events);
+    let mut s = settings(c, &hub_dir.path, &hub_events);
     s.seed = Some(SEED ^ 3);
     let rt = tokio_runtime().expect("tokio runtime");
     let hub = rt.block_on(xshadow::tokio::start(s)).expect("tokio hub");
