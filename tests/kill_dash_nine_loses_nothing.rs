@@ -142,6 +142,32 @@ impl Crashable {
             .join(format!("{}.{}.log", self.name, self.incarnation))
     }
 
+    /// An `xshadow edge` called `host`, spooling in `spool`, relaying to `relay`.
+    fn edge(
+        scratch: &Scratch,
+        host: &'static str,
+        spool: &Path,
+        relay: SocketAddr,
+        opts: &Arc<NodeOpts>,
+    ) -> Self {
+        let (spool, o) = (spool.to_owned(), opts.clone());
+        let make = Box::new(move |p| edge_cmd(host, p, &spool, relay, &o));
+        Self::start("edge", &scratch.path, opts.runtime, make)
+    }
+
+    /// An `xshadow hub` called `host`, spooling in `spool`, shadowing through `edges`.
+    fn hub(
+        scratch: &Scratch,
+        host: &'static str,
+        spool: &Path,
+        edges: Vec<SocketAddr>,
+        opts: &Arc<NodeOpts>,
+    ) -> Self {
+        let (spool, o) = (spool.to_owned(), opts.clone());
+        let make = Box::new(move |p| hub_cmd(host, p, &spool, &edges, &o));
+        Self::start("hub", &scratch.path, opts.runtime, make)
+    }
+
     fn start(
         name: &'static str,
         scratch: &Path,
@@ -258,22 +284,14 @@ fn crash_run(runtime: Runtime, messages: usize, edge_kills: usize, hub_kills: us
     });
     let edge_spool = scratch.join("edge-spool");
     let hub_spool = scratch.join("hub-spool");
-    let o = opts.clone();
-    let es = edge_spool.clone();
-    let mut edge = Crashable::start(
-        "edge",
-        &scratch.path,
-        runtime,
-        Box::new(move |p| edge_cmd("edge.kill9.test", p, &es, sink_addr, &o)),
-    );
+    let mut edge = Crashable::edge(&scratch, "edge.kill9.test", &edge_spool, sink_addr, &opts);
     let edge_addr = edge.addr;
-    let o = opts.clone();
-    let hs = hub_spool.clone();
-    let mut hub = Crashable::start(
-        "hub",
-        &scratch.path,
-        runtime,
-        Box::new(move |p| hub_cmd("hub.kill9.test", p, &hs, &[edge_addr], &o)),
+    let mut hub = Crashable::hub(
+        &scratch,
+        "hub.kill9.test",
+        &hub_spool,
+        vec![edge_addr],
+        &opts,
     );
     let hub_addr = hub.addr;
 
@@ -531,14 +549,7 @@ fn a_message_queued_while_the_edge_restarts_goes_out(runtime: Runtime) {
         ..NodeOpts::on(runtime)
     });
     let edge_spool = scratch.join("edge-spool");
-    let o = opts.clone();
-    let es = edge_spool.clone();
-    let mut edge = Crashable::start(
-        "edge",
-        &scratch.path,
-        runtime,
-        Box::new(move |p| edge_cmd("edge.blip.test", p, &es, sink_addr, &o)),
-    );
+    let mut edge = Crashable::edge(&scratch, "edge.blip.test", &edge_spool, sink_addr, &opts);
     let edge_addr = edge.addr;
     let hub_spool = scratch.join("hub-spool");
     let (_hub, hub_addr) = start_node("hub", &scratch.join("hub.log"), runtime, |p| {
@@ -632,13 +643,12 @@ fn copies_discarded_before_a_hub_crash_stay_discarded(runtime: Runtime) {
     let (_edge, edge_addr) = start_node("edge", &scratch.join("edge.log"), runtime, |p| {
         edge_cmd("edge.orphan.test", p, &edge_spool, sink_addr, &opts)
     });
-    let o = opts.clone();
-    let hs = hub_spool.clone();
-    let mut hub = Crashable::start(
-        "hub",
-        &scratch.path,
-        runtime,
-        Box::new(move |p| hub_cmd("hub.orphan.test", p, &hs, &[edge_addr], &o)),
+    let mut hub = Crashable::hub(
+        &scratch,
+        "hub.orphan.test",
+        &hub_spool,
+        vec![edge_addr],
+        &opts,
     );
     const PER_ROUND: usize = 20;
     for round in 0..8 {
