@@ -48,7 +48,12 @@ use xshadow::core::session::{
 };
 use xshadow::core::store;
 
-use common::{KIB, Seen, answer_sink_events, envelope, message_body, on_cpu};
+use common::{
+    CountingAlloc, KIB, Seen, answer_sink_events, count_allocations, envelope, message_body, on_cpu,
+};
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 /// Messages per iteration.
 const MESSAGES: usize = 100;
@@ -639,8 +644,11 @@ fn main() {
         let total = count_runs(scenario, &mut graph, runs);
         let (wall, cpu) = (wall.elapsed(), on_cpu().zip(cpu).map(|(b, a)| b - a));
         let rate = total as f64 / cpu.unwrap_or(wall).as_secs_f64();
+        // One more batch with allocations counted (apart from the timed runs: counting costs).
+        let (sent, allocations) = count_allocations(|| scenario.batch(&mut graph));
+        let per_message = allocations as f64 / sent.max(1) as f64;
         println!(
-            "{id}: {runs} runs, checksum {total}, wall {wall:?}, on cpu {cpu:?}, {rate:.0} msg/s on cpu"
+            "{id}: {runs} runs, checksum {total}, wall {wall:?}, on cpu {cpu:?}, {rate:.0} msg/s on cpu, {per_message:.1} allocations/msg"
         );
         return;
     }

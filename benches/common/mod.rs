@@ -141,3 +141,49 @@ pub fn on_cpu() -> Option<Duration> {
     let ns = stat.split_whitespace().next()?.parse().ok()?;
     Some(Duration::from_nanos(ns))
 }
+
+/// The global allocator of the benches: the system's, plus a count of allocations that the
+/// instruction-count modes switch on around their runs (off, it costs one relaxed load).
+pub struct CountingAlloc;
+
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: every call is passed to `System` unchanged; the counter touches no memory it hands
+// out.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+fn count_one() {
+    use std::sync::atomic::Ordering::Relaxed;
+    if COUNTING.load(Relaxed) {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+    }
+}
+
+/// Runs `f` with allocations counted: its result and how many allocations and reallocations
+/// it made.
+pub fn count_allocations<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let before = ALLOCATIONS.load(Relaxed);
+    COUNTING.store(true, Relaxed);
+    let out = f();
+    COUNTING.store(false, Relaxed);
+    (out, ALLOCATIONS.load(Relaxed) - before)
+}
