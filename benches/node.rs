@@ -511,7 +511,7 @@ impl Scenario {
         let messages = (0..MESSAGES as u64)
             .map(|id| OutboundMessage {
                 id,
-                envelope: envelope(),
+                envelope: envelope().into(),
                 body: shared.clone(),
                 shadow_id: None,
             })

@@ -88,7 +88,7 @@ impl Scenario {
         let messages = (0..MESSAGES as u64)
             .map(|id| OutboundMessage {
                 id,
-                envelope: envelope(),
+                envelope: envelope().into(),
                 body: body.clone(),
                 // As a Node does: a shadow id only when it shadows through the next hop.
                 shadow_id: shadow.then(|| shadow_id(id)),
@@ -294,7 +294,7 @@ fn node_with_copies(copies: u64, now: Instant) -> Node {
             StoredMessage {
                 id,
                 at_ms: unix_ms,
-                envelope: envelope(),
+                envelope: envelope().into(),
                 body: body.clone(),
                 primary_for: None,
                 shadow: Some(StoredCopy {

@@ -152,7 +152,7 @@ async fn worker(
             };
             let message = OutboundMessage {
                 id: n,
-                envelope,
+                envelope: envelope.into(),
                 body: body(opts, n).into(),
                 shadow_id: None,
             };

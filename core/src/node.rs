@@ -678,7 +678,8 @@ enum MessageState {
 #[derive(Debug)]
 struct Message {
     at: Instant,
-    envelope: Envelope,
+    /// Shared with its `Accepted` record and with the sessions that carry it.
+    envelope: Arc<Envelope>,
     body: Arc<[u8]>,
     primary_for: Option<PrimaryFor>,
     state: MessageState,
@@ -954,7 +955,7 @@ impl Node {
             date: self.dates.get(unix_ms),
         };
         let body: Arc<[u8]> = dsn::prepend_received(&trace, body).into();
-        self.accept_message(id, envelope, body, None, None);
+        self.accept_message(id, Arc::new(envelope), body, None, None);
         self.finish_step();
         id
     }
@@ -1413,14 +1414,14 @@ impl Node {
         let mut envelope = message.envelope;
         // The XSHADOW= id belongs to the hop it came over; ours are made per attempt.
         envelope.params.xshadow = None;
-        self.accept_message(id, envelope, body, primary_for, Some(conn));
+        self.accept_message(id, Arc::new(envelope), body, primary_for, Some(conn));
     }
 
     /// Persists a new message; it is acknowledged and queued once durable.
     fn accept_message(
         &mut self,
         id: MessageId,
-        envelope: Envelope,
+        envelope: Arc<Envelope>,
         body: Arc<[u8]>,
         primary_for: Option<PrimaryFor>,
         conn: Option<ConnId>,
@@ -1430,7 +1431,7 @@ impl Node {
         self.batch.push(Record::Accepted {
             id,
             at_ms,
-            envelope: envelope.clone(),
+            envelope: Arc::clone(&envelope),
             body: body.clone(),
             primary_for: primary_for.clone(),
         });
@@ -1708,15 +1709,15 @@ impl Node {
             return;
         };
         let envelope = match self.sent_recipients(m) {
-            None => m.envelope.clone(),
-            Some(served) => Envelope {
+            None => Arc::clone(&m.envelope),
+            Some(served) => Arc::new(Envelope {
                 from: m.envelope.from.clone(),
                 params: m.envelope.params.clone(),
                 recipients: served
                     .iter()
                     .map(|&i| m.envelope.recipients[i].clone())
                     .collect(),
-            },
+            }),
         };
         let msg = OutboundMessage {
             id: id.0,
@@ -2122,7 +2123,7 @@ impl Node {
             };
             let (body, attempts) = (m.body.clone(), m.attempts);
             let rest = self.new_message_id();
-            self.accept_message(rest, envelope, body, primary_for.take(), None);
+            self.accept_message(rest, Arc::new(envelope), body, primary_for.take(), None);
             if let Some(r) = self.messages.get_mut(&rest) {
                 r.attempts = attempts;
             }
@@ -2158,7 +2159,7 @@ impl Node {
                     };
                     m.primary_for = None;
                     if let Some(taken) = taken {
-                        m.envelope.recipients = taken;
+                        Arc::make_mut(&mut m.envelope).recipients = taken;
                     }
                 }
                 let resubmit = self
@@ -2330,7 +2331,7 @@ impl Node {
                 }],
             };
             let bid = self.new_message_id();
-            self.accept_message(bid, envelope, body.into(), None, None);
+            self.accept_message(bid, Arc::new(envelope), body.into(), None, None);
             bid
         });
         self.outputs

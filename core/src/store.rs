@@ -88,8 +88,8 @@ pub enum Record {
         id: MessageId,
         /// When it was accepted, in unix milliseconds.
         at_ms: u64,
-        /// Sender, recipients and their parameters.
-        envelope: Envelope,
+        /// Sender, recipients and their parameters (shared with the node's message).
+        envelope: Arc<Envelope>,
         /// The message content, as received (not dot-stuffed).
         body: Arc<[u8]>,
         /// Set when we are the primary for this message and owe its shadow a discard event.
@@ -315,7 +315,7 @@ fn decode_payload(payload: &[u8]) -> Option<Record> {
         TAG_ACCEPTED => Record::Accepted {
             id: MessageId(r.u64()?),
             at_ms: r.u64()?,
-            envelope: r.envelope()?,
+            envelope: Arc::new(r.envelope()?),
             body: Arc::from(r.bytes()?),
             primary_for: match r.u8()? {
                 0 => None,
@@ -494,7 +494,7 @@ pub struct StoredMessage {
     /// When it was accepted, in unix milliseconds.
     pub at_ms: u64,
     /// Sender, recipients and their parameters.
-    pub envelope: Envelope,
+    pub envelope: Arc<Envelope>,
     /// The message content.
     pub body: Arc<[u8]>,
     /// Set when we are the primary for this message and owe its shadow a discard event.
@@ -560,7 +560,7 @@ impl StoreState {
                     StoredMessage {
                         id: *id,
                         at_ms: *at_ms,
-                        envelope: envelope.clone(),
+                        envelope: Arc::clone(envelope),
                         body: Arc::clone(body),
                         primary_for: primary_for.clone(),
                         shadow: None,
@@ -655,7 +655,7 @@ impl StoreState {
             records.push(Record::Accepted {
                 id: message.id,
                 at_ms: message.at_ms,
-                envelope: message.envelope.clone(),
+                envelope: Arc::clone(&message.envelope),
                 body: Arc::clone(&message.body),
                 primary_for: message.primary_for.clone(),
             });
@@ -692,7 +692,7 @@ mod tests {
     use crate::wire::path::{ForwardPath, Mailbox, ReversePath};
 
     /// An envelope from wire lines (without CRLF), read with the SMTP codec.
-    fn envelope(mail: &str, rcpts: &[&str]) -> Envelope {
+    fn envelope(mail: &str, rcpts: &[&str]) -> Arc<Envelope> {
         let Ok(Command::Mail { from, params }) = Command::parse(mail.as_bytes()) else {
             panic!("not a MAIL line: {mail}");
         };
@@ -706,11 +706,11 @@ mod tests {
                 other => panic!("not a RCPT line: {line}: {other:?}"),
             })
             .collect();
-        Envelope {
+        Arc::new(Envelope {
             from: from.into_owned(),
             params: params.into_owned(),
             recipients,
-        }
+        })
     }
 
     fn encode_all(records: &[Record]) -> (Vec<u8>, Vec<usize>) {
@@ -737,7 +737,7 @@ mod tests {
         out.extend_from_slice(bytes);
     }
 
-    fn accepted(id: u64, envelope: Envelope, body: &[u8]) -> Record {
+    fn accepted(id: u64, envelope: Arc<Envelope>, body: &[u8]) -> Record {
         Record::Accepted {
             id: MessageId(id),
             at_ms: 1_700_000_000_000u64.wrapping_add(id),
@@ -747,7 +747,7 @@ mod tests {
         }
     }
 
-    fn simple_envelope() -> Envelope {
+    fn simple_envelope() -> Arc<Envelope> {
         envelope(
             "MAIL FROM:<alice@example.com>",
             &["RCPT TO:<bob@example.net>"],
@@ -1505,7 +1505,7 @@ mod tests {
                     Record::Accepted {
                         id: MessageId(id),
                         at_ms,
-                        envelope,
+                        envelope: Arc::new(envelope),
                         body: body.into(),
                         primary_for: primary_for.map(|(context, discard_id)| PrimaryFor {
                             context,

@@ -187,7 +187,8 @@ fn message(id: u64, recipients: &[&str], body: &[u8]) -> OutboundMessage {
                     params: RcptParams::default(),
                 })
                 .collect(),
-        },
+        }
+        .into(),
         body: Arc::from(body),
         shadow_id: Some(format!("00000000-0000-4000-8000-{id:012}")),
     }

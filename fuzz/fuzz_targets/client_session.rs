@@ -177,7 +177,8 @@ fn message(id: u64, spec: u8) -> OutboundMessage {
             from,
             params: MailParams::default(),
             recipients,
-        },
+        }
+        .into(),
         body: Arc::from(body),
         shadow_id,
     }

@@ -73,7 +73,7 @@ fn envelope() -> Envelope {
     }
 }
 
-fn message(id: u64, body: &Arc<[u8]>, envelope: &Envelope) -> Vec<Record> {
+fn message(id: u64, body: &Arc<[u8]>, envelope: &Arc<Envelope>) -> Vec<Record> {
     vec![Record::Accepted {
         id: MessageId(id),
         at_ms: 1_700_000_000_000,
@@ -98,7 +98,7 @@ fn open_loop(
     let (tx, rx) = mpsc::channel();
     let handle = spool.spawn(Completions::channel(tx))?;
     let body: Arc<[u8]> = vec![b'x'; args.size].into();
-    let envelope = envelope();
+    let envelope = Arc::new(envelope());
     let total = args.threads * args.per_thread;
     let start = Instant::now();
     std::thread::scope(|scope| {
@@ -143,7 +143,7 @@ fn closed_loop(
         Completion::Failed(e) => panic!("spool failed: {e}"),
     }))?;
     let body: Arc<[u8]> = vec![b'x'; args.size].into();
-    let envelope = envelope();
+    let envelope = Arc::new(envelope());
     let start = Instant::now();
     std::thread::scope(|scope| {
         for (client, acks) in receivers.into_iter().enumerate() {

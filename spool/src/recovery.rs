@@ -244,7 +244,7 @@ mod tests {
         let accepted = |id: u64, size: usize| Record::Accepted {
             id: MessageId(id),
             at_ms: id,
-            envelope: envelope(),
+            envelope: envelope().into(),
             body: Arc::from(vec![7u8; size]),
             primary_for: id.is_multiple_of(2).then(|| PrimaryFor {
                 context: "hub".into(),

@@ -288,8 +288,9 @@ impl std::error::Error for ConfigError {}
 pub struct OutboundMessage {
     /// The caller's handle, echoed in the message's outcome event.
     pub id: u64,
-    /// Sender, recipients and parameters (SIZE and XSHADOW are set by the session).
-    pub envelope: Envelope,
+    /// Sender, recipients and parameters (SIZE and XSHADOW are set by the session); shared,
+    /// so that a node hands its queued envelope over without copying it.
+    pub envelope: Arc<Envelope>,
     /// The message, not dot-stuffed, normally ending in CRLF.
     pub body: Arc<[u8]>,
     /// The `XSHADOW=` id to tag the message with when the session is shadowed.
@@ -1590,7 +1591,8 @@ mod tests {
                         params: RcptParams::default(),
                     })
                     .collect(),
-            },
+            }
+            .into(),
             body: Arc::from(body),
             shadow_id: shadow_id.map(str::to_owned),
         }
@@ -3094,7 +3096,7 @@ mod tests {
     #[test]
     fn an_address_with_a_line_break_is_never_written() {
         let mut evil = message(1, &["bob@example.net"], BODY, None);
-        evil.envelope.recipients[0].to =
+        Arc::make_mut(&mut evil.envelope).recipients[0].to =
             ForwardPath::Mailbox(Mailbox::new("bob>\r\nRCPT TO:<eve", "example.net"));
         let setup = Setup::new(config(false), vec![evil], false);
         let script = format!(

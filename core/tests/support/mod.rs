@@ -1357,7 +1357,7 @@ impl World {
             if pending.contains(tag) {
                 let msg = OutboundMessage {
                     id: *tag,
-                    envelope: envelope_to(to),
+                    envelope: envelope_to(to).into(),
                     body: body_for(*tag).into(),
                     shadow_id: None,
                 };

@@ -67,7 +67,7 @@ pub fn accepted(id: u64, size: usize) -> Record {
     Record::Accepted {
         id: MessageId(id),
         at_ms: 1_700_000_000_000 + id,
-        envelope: envelope(),
+        envelope: envelope().into(),
         body: Arc::from(vec![b'x'; size]),
         primary_for: None,
     }
@@ -96,7 +96,7 @@ pub fn history(seed: u64, count: usize) -> Vec<Record> {
                 Record::Accepted {
                     id: MessageId(id),
                     at_ms: 1_700_000_000_000 + id,
-                    envelope: envelope(),
+                    envelope: envelope().into(),
                     body: Arc::from(vec![rng.u8(..); rng.usize(0..300)]),
                     primary_for,
                 }
