@@ -84,7 +84,7 @@ pub fn count_replies(bytes: &[u8]) -> usize {
 pub fn normalize(mut outcome: Outcome, hop: &str) -> Outcome {
     for event in &mut outcome.events {
         if let NodeEvent::Delivered { hop: h, .. } | NodeEvent::Sent { hop: h, .. } = event
-            && h == hop
+            && &**h == hop
         {
             *h = "<next hop>".into();
         }

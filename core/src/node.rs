@@ -463,7 +463,7 @@ pub enum NodeEvent {
         /// The message.
         id: MessageId,
         /// The next hop.
-        hop: String,
+        hop: Arc<str>,
         /// Which attempt this is, from 1.
         attempt: u32,
     },
@@ -472,7 +472,7 @@ pub enum NodeEvent {
         /// The message.
         id: MessageId,
         /// The primary holding it.
-        primary: String,
+        primary: Arc<str>,
         /// The XSHADOW= id it was sent with.
         shadow_id: String,
     },
@@ -481,7 +481,7 @@ pub enum NodeEvent {
         /// The message.
         id: MessageId,
         /// The next hop.
-        hop: String,
+        hop: Arc<str>,
     },
     /// Delivery failed for now; it is queued again.
     Deferred {
@@ -507,21 +507,21 @@ pub enum NodeEvent {
         /// The message.
         id: MessageId,
         /// The primary.
-        primary: String,
+        primary: Arc<str>,
     },
     /// A shadow copy outlived the auto-discard interval and was dropped.
     AutoDiscarded {
         /// The message.
         id: MessageId,
         /// The primary.
-        primary: String,
+        primary: Arc<str>,
     },
     /// Shadow copies became deliveries again: we took the primary role back.
     Resubmitted {
         /// The message.
         id: MessageId,
         /// The primary that failed.
-        primary: String,
+        primary: Arc<str>,
         /// Why.
         reason: ResubmitReason,
     },
@@ -540,7 +540,7 @@ pub enum NodeEvent {
     /// A heartbeat (or session) to a primary failed.
     HeartbeatFailed {
         /// The primary.
-        primary: String,
+        primary: Arc<str>,
         /// Consecutive failures now.
         failures: u64,
     },
@@ -672,7 +672,7 @@ enum MessageState {
     /// Attached to an outbound connection.
     InFlight(ConnId),
     /// A primary took it; we keep the copy.
-    Shadowed { primary: String },
+    Shadowed { primary: Arc<str> },
 }
 
 #[derive(Debug)]
@@ -685,7 +685,7 @@ struct Message {
     state: MessageState,
     attempts: u32,
     /// A primary that failed with this message: prefer another hop.
-    avoid: Option<String>,
+    avoid: Option<Arc<str>>,
     /// The route it is being sent on (index into `routes`; `routes.len()` is `next_hops`).
     route: usize,
     /// The `XSHADOW=` id of the attempt in flight (lowercase), when we shadow.
@@ -707,7 +707,7 @@ struct Inbound {
 
 #[derive(Debug)]
 struct Outbound {
-    hop: String,
+    hop: Arc<str>,
     /// `None` until connected.
     session: Option<ClientSession>,
     /// Messages given to this session that it has not settled yet, in the order given.
@@ -761,7 +761,7 @@ pub struct Node {
     next_conn: u64,
     next_message: u64,
     next_token: u64,
-    conns: BTreeMap<ConnId, Conn>,
+    conns: HashMap<ConnId, Conn>,
     /// Every connection's next timer (session timeouts, the end of a linger), so idle
     /// connections cost nothing in `poll_timeout` and `handle_timeout`.
     deadlines: BTreeSet<(Instant, ConnId)>,
@@ -772,7 +772,7 @@ pub struct Node {
     /// Entries of `queue` that wait only because no next hop of their route was up: they go
     /// as soon as one is seen up again.
     parked: BTreeSet<(Instant, MessageId)>,
-    hops: BTreeMap<String, Hop>,
+    hops: BTreeMap<Arc<str>, Hop>,
     shadow: ShadowQueues,
     ledger: DiscardLedger,
     persisting: HashMap<u64, Vec<AfterPersist>>,
@@ -798,7 +798,14 @@ fn insufficient_storage() -> Reply<'static> {
 
 fn path_text(from: &ReversePath<'_>) -> String {
     match from.mailbox() {
-        Some(m) => m.to_string(),
+        Some(m) => {
+            // Built in one allocation (formatting would grow the string several times).
+            let mut text = String::with_capacity(m.local_part.len() + 1 + m.domain.len());
+            text.push_str(&m.local_part);
+            text.push('@');
+            text.push_str(&m.domain);
+            text
+        }
         None => String::new(),
     }
 }
@@ -830,7 +837,7 @@ impl Node {
             next_conn: 1,
             next_message: state.next_message_id.max(1),
             next_token: 1,
-            conns: BTreeMap::new(),
+            conns: HashMap::default(),
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::default(),
             messages: HashMap::default(),
@@ -840,7 +847,7 @@ impl Node {
                 .next_hops
                 .iter()
                 .chain(config.routes.iter().flat_map(|r| &r.next_hops))
-                .map(|h| (h.clone(), Hop::default()))
+                .map(|h| (Arc::from(h.as_str()), Hop::default()))
                 .collect(),
             shadow: ShadowQueues::new(config.shadow),
             ledger: DiscardLedger::new(config.shadow.auto_discard),
@@ -894,11 +901,12 @@ impl Node {
                     &copy.database_id,
                     added,
                 );
+                let primary = node.hop_name(&copy.primary);
                 message.state = MessageState::Shadowed {
-                    primary: copy.primary.clone(),
+                    primary: Arc::clone(&primary),
                 };
                 node.messages.insert(id, message);
-                node.resubmit(&copy.primary, resubmit, ResubmitReason::DatabaseIdChanged);
+                node.resubmit(&primary, resubmit, ResubmitReason::DatabaseIdChanged);
             } else {
                 node.messages.insert(id, message);
                 node.queue.insert((now, id));
@@ -1026,6 +1034,7 @@ impl Node {
         for (primary, id) in self.shadow.expire(now) {
             self.batch.push(Record::Done { id });
             self.forget_message(id);
+            let primary = self.hop_name(&primary);
             self.outputs
                 .push_back(Output::Event(NodeEvent::AutoDiscarded { id, primary }));
         }
@@ -1035,6 +1044,7 @@ impl Node {
                 .push(Record::DiscardsForgotten { events: expired });
         }
         while let Some(primary) = self.shadow.poll_heartbeat(now) {
+            let primary = self.hop_name(&primary);
             self.open_session(&primary, true);
         }
         self.finish_step();
@@ -1552,7 +1562,7 @@ impl Node {
                     if let Some(m) = self.messages.get_mut(&id) {
                         m.route = route;
                     }
-                    if let Some(h) = self.hops.get_mut(&hop) {
+                    if let Some(h) = self.hops.get_mut(&*hop) {
                         h.backlog.push_back(id);
                     }
                 }
@@ -1565,11 +1575,11 @@ impl Node {
                 }
             }
         }
-        let hops: Vec<String> = self
+        let hops: Vec<Arc<str>> = self
             .hops
             .iter()
             .filter(|(_, h)| !h.backlog.is_empty())
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| Arc::clone(name))
             .collect();
         for hop in hops {
             self.fill_hop(&hop);
@@ -1587,6 +1597,13 @@ impl Node {
                 .unwrap_or(routes.len()),
             _ => routes.len(),
         }
+    }
+
+    /// The node's shared name for hop `name` (a next hop, or a primary known from the store).
+    fn hop_name(&self, name: &str) -> Arc<str> {
+        self.hops
+            .get_key_value(name)
+            .map_or_else(|| Arc::from(name), |(k, _)| Arc::clone(k))
     }
 
     /// The next hops of a route, in order of preference.
@@ -1612,33 +1629,34 @@ impl Node {
 
     /// The first next hop of `route` that is up, preferring one other than `avoid`; else when
     /// one is up again (`Err(Some)`), or `Err(None)` when the route has none.
-    fn choose_hop(&self, route: usize, avoid: Option<&str>) -> Result<String, Option<Instant>> {
+    fn choose_hop(&self, route: usize, avoid: Option<&str>) -> Result<Arc<str>, Option<Instant>> {
         let up = |name: &String| {
             self.hops
-                .get(name)
-                .is_some_and(|h| h.down_until.is_none_or(|t| t <= self.now))
+                .get_key_value(name.as_str())
+                .filter(|(_, h)| h.down_until.is_none_or(|t| t <= self.now))
+                .map(|(name, _)| name)
         };
         let hops = self.route_hops(route);
-        if let Some(hop) = hops.iter().find(|h| up(h) && Some(h.as_str()) != avoid) {
-            return Ok(hop.clone());
+        if let Some(hop) = hops.iter().filter_map(up).find(|h| Some(&***h) != avoid) {
+            return Ok(Arc::clone(hop));
         }
-        if let Some(hop) = hops.iter().find(|h| up(h)) {
-            return Ok(hop.clone());
+        if let Some(hop) = hops.iter().find_map(up) {
+            return Ok(Arc::clone(hop));
         }
         Err(hops
             .iter()
-            .filter_map(|h| self.hops.get(h).and_then(|h| h.down_until))
+            .filter_map(|h| self.hops.get(h.as_str()).and_then(|h| h.down_until))
             .min())
     }
 
     /// Gives a hop's backlog to its sessions: each message to the open session with the fewest
     /// messages outstanding; a new session opens while every open one has `SESSION_DEPTH` or
     /// more and the hop has room for another connection.
-    fn fill_hop(&mut self, hop: &str) {
+    fn fill_hop(&mut self, hop: &Arc<str>) {
         let max_msgs = self.config.max_messages_per_session.max(1);
         let max_conns = self.config.max_connections_per_hop.max(1);
         loop {
-            let Some(h) = self.hops.get(hop) else {
+            let Some(h) = self.hops.get(&**hop) else {
                 return;
             };
             if h.backlog.is_empty() {
@@ -1671,7 +1689,7 @@ impl Node {
             };
             let mut given = Vec::new();
             if let (Some(h), Some(Conn::Outbound(o))) =
-                (self.hops.get_mut(hop), self.conns.get_mut(&conn))
+                (self.hops.get_mut(&**hop), self.conns.get_mut(&conn))
             {
                 let room = room.min(max_msgs - o.carried);
                 while given.len() < room {
@@ -1794,12 +1812,12 @@ impl Node {
         }
     }
 
-    fn open_session(&mut self, hop: &str, heartbeat: bool) -> ConnId {
+    fn open_session(&mut self, hop: &Arc<str>, heartbeat: bool) -> ConnId {
         let conn = self.new_conn();
         self.conns.insert(
             conn,
             Conn::Outbound(Box::new(Outbound {
-                hop: hop.to_owned(),
+                hop: Arc::clone(hop),
                 session: None,
                 messages: Vec::new(),
                 carried: 0,
@@ -1811,13 +1829,13 @@ impl Node {
             })),
         );
         self.hops
-            .entry(hop.to_owned())
+            .entry(Arc::clone(hop))
             .or_default()
             .conns
             .insert(conn);
         self.outputs.push_back(Output::Connect {
             conn,
-            to: hop.to_owned(),
+            to: hop.to_string(),
         });
         conn
     }
@@ -1900,7 +1918,7 @@ impl Node {
 
     /// A contact with `hop` failed: counts as a failed heartbeat only when one was due (or in
     /// flight), and resubmits its copies once the threshold is reached.
-    fn heartbeat_failed(&mut self, hop: &str) {
+    fn heartbeat_failed(&mut self, hop: &Arc<str>) {
         let (failures, copies) = match self.shadow.heartbeat_failed(hop, self.now) {
             HeartbeatFailure::Ignored => return,
             HeartbeatFailure::Counted { failures } => (failures, Vec::new()),
@@ -1908,7 +1926,7 @@ impl Node {
         };
         self.outputs
             .push_back(Output::Event(NodeEvent::HeartbeatFailed {
-                primary: hop.to_owned(),
+                primary: Arc::clone(hop),
                 failures,
             }));
         self.resubmit(hop, copies, ResubmitReason::PrimaryUnreachable);
@@ -2026,7 +2044,7 @@ impl Node {
     fn settle(
         &mut self,
         id: MessageId,
-        hop: &str,
+        hop: &Arc<str>,
         whole: Option<(&Reply<'_>, bool)>,
         copy: Option<(String, String)>,
         refused: Vec<RecipientOutcome>,
@@ -2141,21 +2159,21 @@ impl Node {
                 self.forget_message(id);
                 self.outputs.push_back(Output::Event(NodeEvent::Discarded {
                     id,
-                    primary: hop.to_owned(),
+                    primary: Arc::clone(hop),
                 }));
             }
             Some((shadow_id, database_id)) => {
                 let at_ms = self.unix_ms(self.now);
                 self.batch.push(Record::Shadowed {
                     id,
-                    primary: hop.to_owned(),
+                    primary: hop.to_string(),
                     shadow_id: shadow_id.clone(),
                     database_id: database_id.clone(),
                     at_ms,
                 });
                 if let Some(m) = self.messages.get_mut(&id) {
                     m.state = MessageState::Shadowed {
-                        primary: hop.to_owned(),
+                        primary: Arc::clone(hop),
                     };
                     m.primary_for = None;
                     if let Some(taken) = taken {
@@ -2167,7 +2185,7 @@ impl Node {
                     .add_copy(hop, id, &shadow_id, &database_id, self.now);
                 self.outputs.push_back(Output::Event(NodeEvent::Shadowed {
                     id,
-                    primary: hop.to_owned(),
+                    primary: Arc::clone(hop),
                     shadow_id,
                 }));
                 self.resubmit(hop, resubmit, ResubmitReason::DatabaseIdChanged);
@@ -2178,7 +2196,7 @@ impl Node {
                 if any_taken {
                     self.outputs.push_back(Output::Event(NodeEvent::Delivered {
                         id,
-                        hop: hop.to_owned(),
+                        hop: Arc::clone(hop),
                     }));
                 }
             }
@@ -2252,7 +2270,7 @@ impl Node {
                 continue;
             };
             if let MessageState::InFlight(conn) = m.state
-                && matches!(self.conns.get(&conn), Some(Conn::Outbound(o)) if o.hop == hop)
+                && matches!(self.conns.get(&conn), Some(Conn::Outbound(o)) if *o.hop == *hop)
             {
                 m.discarded_early = true;
             }
@@ -2341,7 +2359,7 @@ impl Node {
     /// Copies whose primary failed become deliveries again, avoiding that primary.
     fn resubmit(
         &mut self,
-        primary: &str,
+        primary: &Arc<str>,
         ids: Vec<crate::shadow::MessageId>,
         reason: ResubmitReason,
     ) {
@@ -2350,13 +2368,13 @@ impl Node {
                 continue;
             };
             m.state = MessageState::Queued;
-            m.avoid = Some(primary.to_owned());
+            m.avoid = Some(Arc::clone(primary));
             self.queue.insert((self.now, id));
             self.batch.push(Record::Resubmitted { id });
             self.outputs
                 .push_back(Output::Event(NodeEvent::Resubmitted {
                     id,
-                    primary: primary.to_owned(),
+                    primary: Arc::clone(primary),
                     reason,
                 }));
         }
