@@ -31,6 +31,8 @@
 //! another: that 250 then keeps no copy.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use smallvec::SmallVec;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -786,6 +788,10 @@ pub struct Node {
     in_flight_shadow: HashMap<String, MessageId>,
     /// The date text of Received headers, remade once a second.
     dates: dsn::DateCache,
+    /// Connections pumped or relieved of a message since `end_idle_sessions` last ran: the
+    /// only ones that can have become idle (time alone ends a linger through `deadlines`,
+    /// whose connections `handle_timeout` pumps).
+    touched: SmallVec<[ConnId; 8]>,
 }
 
 fn status(class: u8, subject: u16, detail: u16) -> Option<EnhancedStatus> {
@@ -860,6 +866,7 @@ impl Node {
             queued_bytes: 0,
             in_flight_shadow: HashMap::default(),
             dates: dsn::DateCache::default(),
+            touched: SmallVec::new(),
             config,
         };
         match state.database_id {
@@ -1197,6 +1204,14 @@ impl Node {
     fn pump(&mut self, conn: ConnId) {
         self.pump_session(conn);
         self.refresh_deadline(conn);
+        self.touch(conn);
+    }
+
+    /// Notes that `conn` may have run out of work: `end_idle_sessions` looks at it.
+    fn touch(&mut self, conn: ConnId) {
+        if !self.touched.contains(&conn) {
+            self.touched.push(conn);
+        }
     }
 
     /// Files `conn`'s next timer in `deadlines` (none once it is gone).
@@ -1257,16 +1272,23 @@ impl Node {
                 }
                 progressed = true;
             }
-            let mut data = Vec::new();
+            // Bytes for this connection join its Transmit when that is the last output still
+            // waiting (one write, one read at the peer, one buffer), else start a new one.
+            let mut fresh = Vec::new();
+            let data = match self.outputs.back_mut() {
+                Some(Output::Transmit { conn: c, data }) if *c == conn => data,
+                _ => &mut fresh,
+            };
+            let before = data.len();
             let closed = match self.conns.get_mut(&conn) {
                 Some(Conn::Inbound(c)) => {
-                    let _ = c.session.poll_transmit(&mut data);
+                    let _ = c.session.poll_transmit(data);
                     c.session.is_closed()
                 }
                 Some(Conn::Outbound(c)) => match c.session.as_mut() {
                     Some(s) => {
                         if !c.hold {
-                            let _ = s.poll_transmit(&mut data);
+                            let _ = s.poll_transmit(data);
                         }
                         // Closed while holding output: the peer went away (or the session
                         // failed), so nothing held can be sent any more; close now.
@@ -1276,9 +1298,12 @@ impl Node {
                 },
                 None => return,
             };
-            if !data.is_empty() {
-                self.outputs.push_back(Output::Transmit { conn, data });
+            if data.len() > before {
                 progressed = true;
+            }
+            if !fresh.is_empty() {
+                self.outputs
+                    .push_back(Output::Transmit { conn, data: fresh });
             }
             if !progressed {
                 if closed {
@@ -1575,7 +1600,7 @@ impl Node {
                 }
             }
         }
-        let hops: Vec<Arc<str>> = self
+        let hops: SmallVec<[Arc<str>; 4]> = self
             .hops
             .iter()
             .filter(|(_, h)| !h.backlog.is_empty())
@@ -1776,28 +1801,33 @@ impl Node {
         let now = self.now;
         let linger = self.config.session_linger;
         let max_msgs = self.config.max_messages_per_session.max(1);
-        let (mut ending, mut lingering) = (Vec::new(), Vec::new());
-        for h in self.hops.values() {
-            for conn in &h.conns {
-                let Some(Conn::Outbound(o)) = self.conns.get_mut(conn) else {
-                    continue;
-                };
-                let Some(s) = o.session.as_ref() else {
-                    continue;
-                };
-                if o.heartbeat || !o.messages.is_empty() || !s.accepts_messages() {
-                    continue;
-                }
-                let started = o.idle_since.is_none();
-                let since = *o.idle_since.get_or_insert(now);
-                let full = o.carried >= max_msgs;
-                if full || since.checked_add(linger).is_none_or(|t| t <= now) {
-                    ending.push(*conn);
-                } else if started {
-                    lingering.push(*conn);
-                }
+        let mut touched = std::mem::take(&mut self.touched);
+        // In connection order, whatever order they were touched in.
+        touched.sort_unstable();
+        let (mut ending, mut lingering) = (
+            SmallVec::<[ConnId; 4]>::new(),
+            SmallVec::<[ConnId; 4]>::new(),
+        );
+        for &conn in &touched {
+            let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let Some(s) = o.session.as_ref() else {
+                continue;
+            };
+            if o.heartbeat || !o.messages.is_empty() || !s.accepts_messages() {
+                continue;
+            }
+            let started = o.idle_since.is_none();
+            let since = *o.idle_since.get_or_insert(now);
+            let full = o.carried >= max_msgs;
+            if full || since.checked_add(linger).is_none_or(|t| t <= now) {
+                ending.push(conn);
+            } else if started {
+                lingering.push(conn);
             }
         }
+
         for conn in lingering {
             self.refresh_deadline(conn);
         }
@@ -2289,10 +2319,12 @@ impl Node {
         let MessageState::InFlight(conn) = &m.state else {
             return;
         };
-        if let Some(Conn::Outbound(o)) = self.conns.get_mut(conn)
+        let conn = *conn;
+        if let Some(Conn::Outbound(o)) = self.conns.get_mut(&conn)
             && let Some(i) = o.messages.iter().position(|x| *x == id)
         {
             o.messages.remove(i);
+            self.touch(conn);
         }
     }
 
