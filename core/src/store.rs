@@ -72,10 +72,6 @@ const TAG_NEXT_MESSAGE_ID: u8 = 8;
 
 /// One change that must survive a crash. A node emits these in `Persist` outputs and acts on them only after the driver reports them persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "Accepted, the record every message starts with, keeps its envelope inline"
-)]
 pub enum Record {
     /// The store's identity, written once when the store is created (PROTOCOL.md §1: base64 of 16 bytes).
     DatabaseId {
