@@ -34,17 +34,26 @@
 //! Rebuild with [`DiscardLedger::restore`] for every event recorded and not yet confirmed or
 //! expired; events in doubt when the node stopped are simply pending again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::ascii_lowercase;
+use rustc_hash::FxHashMap;
+
+use super::{ascii_lowercase, lowercase_into};
 
 /// Ordering key of an event: recorded time, then a ledger-wide sequence number.
 type EventKey = (Instant, u64);
 
+/// Emptied in-doubt lists kept for reuse, at most this many.
+const SPARE_LISTS: usize = 8;
+
 /// The events of one shadow context.
 #[derive(Debug)]
 struct ContextEvents {
+    /// The lowercased context: its key in `DiscardLedger::contexts`, shared with its events in doubt.
+    key: Arc<str>,
     /// The spelling the context was first recorded with.
     spelling: String,
     /// Discard ids not yet handed out (or handed out on a connection that died), oldest first.
@@ -54,6 +63,16 @@ struct ContextEvents {
 }
 
 impl ContextEvents {
+    /// No events yet, under `key` (lowercased) first spelled `spelling`.
+    fn new(key: Arc<str>, spelling: &str) -> Self {
+        Self {
+            key,
+            spelling: spelling.to_owned(),
+            pending: BTreeMap::new(),
+            in_doubt: 0,
+        }
+    }
+
     /// Whether the context has nothing left, pending or in doubt.
     fn is_empty(&self) -> bool {
         self.pending.is_empty() && self.in_doubt == 0
@@ -64,19 +83,26 @@ impl ContextEvents {
 #[derive(Debug)]
 struct InDoubt {
     /// Lowercased context.
-    context: String,
+    context: Arc<str>,
     key: EventKey,
     discard_id: String,
 }
 
 /// Discard events per shadow context, with the events of unconfirmed XQDISCARD replies kept in doubt.
+///
+/// Contexts and discard ids come from peers, so contexts live in an ordered map (no hash a
+/// peer could flood); connections are the node's own numbers and hash with Fx.
 #[derive(Debug)]
 pub struct DiscardLedger {
     auto_discard: Duration,
     /// Lowercased context -> its events.
-    contexts: BTreeMap<String, ContextEvents>,
+    contexts: BTreeMap<Arc<str>, ContextEvents>,
     /// Connection -> the events its last unconfirmed replies carried, in reply order.
-    in_doubt: HashMap<u64, Vec<InDoubt>>,
+    in_doubt: FxHashMap<u64, Vec<InDoubt>>,
+    /// Emptied in-doubt lists, reused for the next replies.
+    spare: Vec<Vec<InDoubt>>,
+    /// Scratch space to lowercase a context without allocating.
+    lowered: String,
     next_seq: u64,
 }
 
@@ -87,7 +113,9 @@ impl DiscardLedger {
         Self {
             auto_discard,
             contexts: BTreeMap::new(),
-            in_doubt: HashMap::new(),
+            in_doubt: FxHashMap::default(),
+            spare: Vec::new(),
+            lowered: String::new(),
             next_seq: 0,
         }
     }
@@ -102,17 +130,15 @@ impl DiscardLedger {
     pub fn record(&mut self, context: &str, discard_id: &str, now: Instant) {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        let key = ascii_lowercase(context);
-        let events = match self.contexts.get_mut(key.as_ref()) {
+        let key = lowercase_into(context, &mut self.lowered);
+        let events = match self.contexts.get_mut(key) {
             Some(events) => events,
-            None => self
-                .contexts
-                .entry(key.into_owned())
-                .or_insert_with(|| ContextEvents {
-                    spelling: context.to_owned(),
-                    pending: BTreeMap::new(),
-                    in_doubt: 0,
-                }),
+            None => {
+                let key: Arc<str> = key.into();
+                self.contexts
+                    .entry(Arc::clone(&key))
+                    .or_insert_with(|| ContextEvents::new(key, context))
+            }
         };
         events.pending.insert((now, seq), discard_id.to_owned());
     }
@@ -136,38 +162,54 @@ impl DiscardLedger {
         conn: u64,
         now: Instant,
     ) -> Vec<String> {
-        let key = ascii_lowercase(context);
-        let Some(events) = self.contexts.get_mut(key.as_ref()) else {
+        let key = lowercase_into(context, &mut self.lowered);
+        let Some(events) = self.contexts.get_mut(key) else {
             return Vec::new();
         };
         // Skip the expired prefix: `expire` reports those, and the shadow has dropped its copy.
-        let taken: Vec<EventKey> = match now.checked_sub(self.auto_discard) {
-            Some(cutoff) => events
-                .pending
-                .range((
-                    std::ops::Bound::Excluded((cutoff, u64::MAX)),
-                    std::ops::Bound::Unbounded,
-                ))
-                .map(|(k, _)| *k)
-                .take(max)
-                .collect(),
-            None => events.pending.keys().copied().take(max).collect(),
-        };
-        if taken.is_empty() {
-            return Vec::new();
-        }
-        let doubt = self.in_doubt.entry(conn).or_default();
-        let mut ids = Vec::with_capacity(taken.len());
-        for event in taken {
-            if let Some(discard_id) = events.pending.remove(&event) {
-                ids.push(discard_id.clone());
-                events.in_doubt += 1;
-                doubt.push(InDoubt {
-                    context: key.clone().into_owned(),
-                    key: event,
-                    discard_id,
-                });
+        let cutoff = now.checked_sub(self.auto_discard);
+        let fresh = |key: &EventKey| cutoff.is_none_or(|cutoff| key.0 > cutoff);
+        let after_cutoff = cutoff.map_or(Bound::Unbounded, |cutoff| {
+            Bound::Excluded((cutoff, u64::MAX))
+        });
+        let mut ids = Vec::new();
+        let mut doubt = self
+            .in_doubt
+            .remove(&conn)
+            .unwrap_or_else(|| self.spare.pop().unwrap_or_default());
+        while ids.len() < max {
+            let event = match events.pending.first_entry() {
+                // The common case: nothing expired in front.
+                Some(oldest) if fresh(oldest.key()) => Some(oldest.remove_entry()),
+                Some(_) => {
+                    let first_fresh = events
+                        .pending
+                        .range((after_cutoff, Bound::Unbounded))
+                        .next();
+                    first_fresh
+                        .map(|(&key, _)| key)
+                        .and_then(|key| events.pending.remove_entry(&key))
+                }
+                None => None,
+            };
+            let Some((key, discard_id)) = event else {
+                break;
+            };
+            if ids.is_empty() {
+                ids.reserve_exact(max.min(events.pending.len() + 1));
             }
+            ids.push(discard_id.clone());
+            events.in_doubt += 1;
+            doubt.push(InDoubt {
+                context: Arc::clone(&events.key),
+                key,
+                discard_id,
+            });
+        }
+        if doubt.is_empty() {
+            self.reuse(doubt);
+        } else {
+            self.in_doubt.insert(conn, doubt);
         }
         ids
     }
@@ -175,11 +217,11 @@ impl DiscardLedger {
     /// The client's next command on `conn` proved its replies arrived: drops their events for good and returns them as (context, discard id).
     #[must_use = "confirmed events must be deleted from durable storage"]
     pub fn confirm(&mut self, conn: u64) -> Vec<(String, String)> {
-        let Some(doubt) = self.in_doubt.remove(&conn) else {
+        let Some(mut doubt) = self.in_doubt.remove(&conn) else {
             return Vec::new();
         };
         let mut confirmed = Vec::with_capacity(doubt.len());
-        for event in doubt {
+        for event in doubt.drain(..) {
             let spelling = match self.contexts.get_mut(&event.context) {
                 Some(events) => {
                     events.in_doubt = events.in_doubt.saturating_sub(1);
@@ -189,19 +231,20 @@ impl DiscardLedger {
                     }
                     spelling
                 }
-                None => event.context,
+                None => event.context.as_ref().to_owned(),
             };
             confirmed.push((spelling, event.discard_id));
         }
+        self.reuse(doubt);
         confirmed
     }
 
     /// Connection `conn` ended before its last reply was confirmed: its events in doubt become pending again, in their original order.
     pub fn connection_lost(&mut self, conn: u64) {
-        let Some(doubt) = self.in_doubt.remove(&conn) else {
+        let Some(mut doubt) = self.in_doubt.remove(&conn) else {
             return;
         };
-        for event in doubt {
+        for event in doubt.drain(..) {
             let events = match self.contexts.get_mut(&event.context) {
                 Some(events) => {
                     events.in_doubt = events.in_doubt.saturating_sub(1);
@@ -209,14 +252,20 @@ impl DiscardLedger {
                 }
                 None => self
                     .contexts
-                    .entry(event.context.clone())
-                    .or_insert_with(|| ContextEvents {
-                        spelling: event.context,
-                        pending: BTreeMap::new(),
-                        in_doubt: 0,
+                    .entry(Arc::clone(&event.context))
+                    .or_insert_with(|| {
+                        ContextEvents::new(Arc::clone(&event.context), &event.context)
                     }),
             };
             events.pending.insert(event.key, event.discard_id);
+        }
+        self.reuse(doubt);
+    }
+
+    /// Keeps an emptied in-doubt list for the next reply (a few, not too large).
+    fn reuse(&mut self, list: Vec<InDoubt>) {
+        if self.spare.len() < SPARE_LISTS && list.capacity() <= 1024 {
+            self.spare.push(list);
         }
     }
 
@@ -526,6 +575,7 @@ mod tests {
     mod interleavings {
         use super::*;
         use proptest::prelude::*;
+        use std::collections::HashMap;
 
         const CONTEXTS: [&str; 4] = ["Hub1.example", "hub1.EXAMPLE", "hub2", "HUB3"];
         const CONNS: u64 = 3;

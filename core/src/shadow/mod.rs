@@ -35,6 +35,19 @@ fn ascii_lowercase(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// `s` with ASCII letters lowered: borrowed when it already is, else lowered into `scratch`
+/// (reused, so no allocation once it is large enough).
+fn lowercase_into<'a>(s: &'a str, scratch: &'a mut String) -> &'a str {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        scratch.clear();
+        scratch.push_str(s);
+        scratch.make_ascii_lowercase();
+        scratch
+    } else {
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +57,14 @@ mod tests {
         assert!(matches!(ascii_lowercase("hub1.example"), Cow::Borrowed(_)));
         assert_eq!(ascii_lowercase("Hub1.EXAMPLE"), "hub1.example");
         assert_eq!(ascii_lowercase("ÄB"), "Äb");
+    }
+
+    #[test]
+    fn lowercasing_into_scratch_reuses_it() {
+        let mut scratch = String::from("left over, longer than the input");
+        assert_eq!(lowercase_into("hub1.example", &mut scratch), "hub1.example");
+        assert_eq!(lowercase_into("Hub1.EXAMPLE", &mut scratch), "hub1.example");
+        assert_eq!(lowercase_into("ÄB", &mut scratch), "Äb");
+        assert_eq!(scratch, "Äb");
     }
 }

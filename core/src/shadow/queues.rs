@@ -45,6 +45,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
+
 use super::{MessageId, ascii_lowercase};
 
 /// Timers of the shadow side (PROTOCOL.md §6).
@@ -153,20 +155,79 @@ enum Heartbeat {
 /// Ordering key of a copy: arrival time, then a node-wide sequence number.
 type CopyKey = (Instant, u64);
 
+/// The longest shadow id kept inline, without a heap allocation: a hyphenated GUID (what
+/// nodes send, 36 bytes), also in braces (38).
+const INLINE_ID: usize = 38;
+
+/// A shadow id of at most [`INLINE_ID`] bytes, stored inline (zero-padded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct InlineId {
+    len: u8,
+    bytes: [u8; INLINE_ID],
+}
+
+impl InlineId {
+    /// `id` inline, if it is short enough.
+    fn new(id: &str) -> Option<Self> {
+        let len = u8::try_from(id.len())
+            .ok()
+            .filter(|&n| usize::from(n) <= INLINE_ID)?;
+        let mut bytes = [0; INLINE_ID];
+        bytes[..id.len()].copy_from_slice(id.as_bytes());
+        Some(Self { len, bytes })
+    }
+
+    /// The index key: ASCII letters lowered (ids match ASCII case-insensitively).
+    fn lowercased(mut self) -> Self {
+        self.bytes.make_ascii_lowercase();
+        self
+    }
+
+    /// The id as given.
+    fn as_str(&self) -> &str {
+        // Always valid: the bytes of a whole `&str`, zero-padded.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// A copy's shadow id, as given.
+#[derive(Debug, Clone)]
+enum CopyId {
+    /// Short (the common case): inline; indexed in `PrimaryQueue::by_inline_id`.
+    Inline(InlineId),
+    /// Longer: on the heap; indexed in `PrimaryQueue::by_long_id`.
+    Long(Box<str>),
+}
+
+impl CopyId {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Inline(id) => id.as_str(),
+            Self::Long(id) => id,
+        }
+    }
+}
+
 /// One copy in a primary's queue.
 #[derive(Debug, Clone)]
 struct Copy {
     message: MessageId,
-    shadow_id: String,
+    shadow_id: CopyId,
 }
 
 /// Everything held for one primary.
+///
+/// The shadow id index hashes with Fx, not a keyed hasher: its keys are the shadow ids this
+/// node generated (random GUIDs), never picked by a peer; a peer only looks ids up (XQDISCARD
+/// replies), and a lookup cannot lengthen any probe sequence.
 #[derive(Debug)]
 struct PrimaryQueue {
     database_id: Option<String>,
     copies: BTreeMap<CopyKey, Copy>,
-    /// Lowercased shadow id -> key in `copies`.
-    by_shadow_id: HashMap<String, CopyKey>,
+    /// Lowercased short shadow id -> key in `copies`.
+    by_inline_id: FxHashMap<InlineId, CopyKey>,
+    /// Lowercased long shadow id -> key in `copies` (rare: nodes send GUIDs).
+    by_long_id: HashMap<String, CopyKey>,
     heartbeat: Heartbeat,
     failures: u64,
     last_contact: Option<Instant>,
@@ -177,7 +238,8 @@ impl Default for PrimaryQueue {
         Self {
             database_id: None,
             copies: BTreeMap::new(),
-            by_shadow_id: HashMap::new(),
+            by_inline_id: FxHashMap::default(),
+            by_long_id: HashMap::new(),
             heartbeat: Heartbeat::Idle,
             failures: 0,
             last_contact: None,
@@ -189,9 +251,44 @@ impl PrimaryQueue {
     /// Removes every copy (oldest first) and returns its message; the heartbeat stops.
     fn take_all(&mut self) -> Vec<MessageId> {
         let copies = std::mem::take(&mut self.copies);
-        self.by_shadow_id.clear();
+        self.by_inline_id.clear();
+        self.by_long_id.clear();
         self.emptied();
         copies.into_values().map(|c| c.message).collect()
+    }
+
+    /// Indexes `shadow_id` (as given) under `key`; returns it as stored and the key of the copy it held before, if any.
+    fn index(&mut self, shadow_id: &str, key: CopyKey) -> (CopyId, Option<CopyKey>) {
+        match InlineId::new(shadow_id) {
+            Some(id) => (
+                CopyId::Inline(id),
+                self.by_inline_id.insert(id.lowercased(), key),
+            ),
+            None => (
+                CopyId::Long(shadow_id.into()),
+                self.by_long_id.insert(shadow_id.to_ascii_lowercase(), key),
+            ),
+        }
+    }
+
+    /// Removes `shadow_id` (any case) from the index; returns the key of its copy.
+    fn unindex(&mut self, shadow_id: &str) -> Option<CopyKey> {
+        match InlineId::new(shadow_id) {
+            Some(id) => self.by_inline_id.remove(&id.lowercased()),
+            None => self.by_long_id.remove(ascii_lowercase(shadow_id).as_ref()),
+        }
+    }
+
+    /// Removes a dropped copy's id from the index.
+    fn unindex_copy(&mut self, shadow_id: &CopyId) {
+        match shadow_id {
+            CopyId::Inline(id) => {
+                self.by_inline_id.remove(&id.lowercased());
+            }
+            CopyId::Long(id) => {
+                self.by_long_id.remove(ascii_lowercase(id).as_ref());
+            }
+        }
     }
 
     /// Resets the heartbeat state once the queue holds nothing.
@@ -284,26 +381,23 @@ impl ShadowQueues {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let interval = self.config.heartbeat_interval;
-        let queue = self.primaries.entry(primary.to_owned()).or_default();
+        // Look up before inserting: the name is copied only for a new primary.
+        let queue = match self.primaries.get_mut(primary) {
+            Some(queue) => queue,
+            None => self.primaries.entry(primary.to_owned()).or_default(),
+        };
         let mut resubmit = queue.observe_database_id(database_id);
 
         let was_empty = queue.copies.is_empty();
-        let id_key = ascii_lowercase(shadow_id).into_owned();
-        if let Some(old_key) = queue.by_shadow_id.remove(&id_key)
+        let key = (now, seq);
+        let (shadow_id, replaced) = queue.index(shadow_id, key);
+        if let Some(old_key) = replaced
             && let Some(old) = queue.copies.remove(&old_key)
             && old.message != message
         {
             resubmit.push(old.message);
         }
-        let key = (now, seq);
-        queue.copies.insert(
-            key,
-            Copy {
-                message,
-                shadow_id: shadow_id.to_owned(),
-            },
-        );
-        queue.by_shadow_id.insert(id_key, key);
+        queue.copies.insert(key, Copy { message, shadow_id });
         if was_empty {
             queue.heartbeat = Heartbeat::Waiting(now.checked_add(interval));
         }
@@ -336,12 +430,13 @@ impl ShadowQueues {
                 unknown: ids.len(),
             };
         };
-        let mut outcome = Discarded::default();
+        let mut outcome = Discarded {
+            dropped: Vec::with_capacity(ids.len()),
+            unknown: 0,
+        };
         for id in ids {
-            let id_key = ascii_lowercase(id.as_ref());
             match queue
-                .by_shadow_id
-                .remove(id_key.as_ref())
+                .unindex(id.as_ref())
                 .and_then(|key| queue.copies.remove(&key))
             {
                 Some(copy) => outcome.dropped.push(copy.message),
@@ -447,9 +542,7 @@ impl ShadowQueues {
                     break;
                 }
                 let copy = entry.remove();
-                queue
-                    .by_shadow_id
-                    .remove(ascii_lowercase(&copy.shadow_id).as_ref());
+                queue.unindex_copy(&copy.shadow_id);
                 expired.push((name.clone(), copy.message));
             }
             queue.emptied();
@@ -573,7 +666,7 @@ fn held_copies<'a>(
         .map(move |(&(added, _), copy)| HeldCopy {
             primary: name,
             message: copy.message,
-            shadow_id: &copy.shadow_id,
+            shadow_id: copy.shadow_id.as_str(),
             added,
         })
 }
@@ -683,6 +776,44 @@ mod tests {
         let mut queues = with_copies(ShadowConfig::default(), 1, t0);
         let outcome = queues.discard(EDGE, &[shadow_id(1).to_ascii_uppercase()]);
         assert_eq!(outcome.dropped, [MessageId(1)]);
+    }
+
+    #[test]
+    fn ids_of_any_length_match_case_insensitively_and_keep_their_spelling() {
+        let t0 = Instant::now();
+        let mut queues = ShadowQueues::new(small_config());
+        let braced = "{3F2504E0-4F89-41D3-9A0C-0305E82C3301}";
+        let long = format!("Long-{}", "X".repeat(40));
+        let ids = ["", "Ab", braced, &braced[..37], &long];
+        for (i, id) in (1..).zip(ids) {
+            assert!(
+                queues
+                    .add_copy(EDGE, MessageId(i), id, DB, t0 + mins(i))
+                    .is_empty()
+            );
+        }
+        let held: Vec<_> = queues.held_for(EDGE).map(|c| c.shadow_id).collect();
+        assert_eq!(held, ids);
+        // The same id in another case replaces a copy of the same message, resubmits another's.
+        assert!(
+            queues
+                .add_copy(EDGE, MessageId(5), &long.to_lowercase(), DB, t0 + mins(6))
+                .is_empty()
+        );
+        assert_eq!(
+            queues.add_copy(EDGE, MessageId(9), "aB", DB, t0 + mins(7)),
+            [MessageId(2)]
+        );
+        let outcome = queues.discard(EDGE, &[braced.to_lowercase(), long.to_uppercase()]);
+        assert_eq!(outcome.dropped, [MessageId(3), MessageId(5)]);
+        assert_eq!(
+            queues.expire(t0 + mins(61)),
+            [(EDGE.to_owned(), MessageId(1))]
+        );
+        let outcome = queues.discard(EDGE, &["", "AB", &braced[..37]]);
+        assert_eq!(outcome.dropped, [MessageId(9), MessageId(4)]);
+        assert_eq!(outcome.unknown, 1);
+        assert!(queues.is_empty());
     }
 
     #[test]
