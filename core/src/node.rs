@@ -764,8 +764,9 @@ pub struct Node {
     next_message: u64,
     next_token: u64,
     conns: HashMap<ConnId, Conn>,
-    /// Every connection's next timer (session timeouts, the end of a linger), so idle
-    /// connections cost nothing in `poll_timeout` and `handle_timeout`.
+    /// For each connection with a timer (session timeouts, the end of a linger), a time no
+    /// later than it, so idle connections cost nothing in `poll_timeout` and
+    /// `handle_timeout`. An entry may be early (see `refresh_deadline`), never late.
     deadlines: BTreeSet<(Instant, ConnId)>,
     /// The entry of each connection in `deadlines`.
     deadline_of: HashMap<ConnId, Instant>,
@@ -1020,6 +1021,11 @@ impl Node {
             .map(|(_, c)| *c)
             .collect();
         for conn in due {
+            // The entry may be older than the connection's timer (see `refresh_deadline`):
+            // unfiled here, `pump` files the timer the connection has now.
+            if let Some(t) = self.deadline_of.remove(&conn) {
+                self.deadlines.remove(&(t, conn));
+            }
             match self.conns.get_mut(&conn) {
                 Some(Conn::Inbound(c)) => c.session.handle_timeout(now),
                 Some(Conn::Outbound(c)) => {
@@ -1057,7 +1063,9 @@ impl Node {
         self.finish_step();
     }
 
-    /// When [`Node::handle_timeout`] should be called next.
+    /// When [`Node::handle_timeout`] should be called next: never later than a timer, but
+    /// sometimes before one (a connection's timer that moved later wakes the node once at its
+    /// old time, for nothing).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let sessions = self.deadlines.first().map(|(t, _)| *t).into_iter();
@@ -1236,18 +1244,22 @@ impl Node {
             }
             None => None,
         };
+        let Some(next) = next else {
+            // An entry filed earlier stays: it wakes `handle_timeout` once, for nothing.
+            return;
+        };
         let old = self.deadline_of.get(&conn).copied();
-        if old == next {
+        if old.is_some_and(|old| old <= next) {
+            // Most changes move a timer later (each command restarts its reply timeout): the
+            // earlier entry stays filed, and when it fires `handle_timeout` files the real
+            // one. Ordered-set updates happen only when a timer moves earlier.
             return;
         }
         if let Some(old) = old {
             self.deadlines.remove(&(old, conn));
-            self.deadline_of.remove(&conn);
         }
-        if let Some(next) = next {
-            self.deadlines.insert((next, conn));
-            self.deadline_of.insert(conn, next);
-        }
+        self.deadlines.insert((next, conn));
+        self.deadline_of.insert(conn, next);
     }
 
     fn pump_session(&mut self, conn: ConnId) {
@@ -2480,6 +2492,14 @@ mod tests {
             t0 + Duration::from_secs(1),
         );
         while node.poll_output().is_some() {}
+        // Its old entry stays filed (timers that move later are not refiled): one early
+        // wake-up, which closes nothing and files the timer the connection has now.
+        assert_eq!(node.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        node.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(
+            std::iter::from_fn(|| node.poll_output()).all(|out| !matches!(out, Output::Close(_))),
+            "nothing is due at 10 s"
+        );
         assert_eq!(
             node.poll_timeout(),
             Some(t0 + Duration::from_secs(10) + Duration::from_millis(1))
@@ -2501,6 +2521,24 @@ mod tests {
             node.poll_timeout(),
             Some(t0 + Duration::from_secs(10) + Duration::from_millis(6))
         );
+        // The first connection's timer was refiled at its true time, 11 s, when every other
+        // one has run out too.
+        node.handle_timeout(t0 + Duration::from_millis(10_999));
+        assert!(
+            std::iter::from_fn(|| node.poll_output())
+                .all(|out| !matches!(out, Output::Close(c) if c == conns[0])),
+            "the first connection still has a millisecond"
+        );
+        assert_eq!(node.poll_timeout(), Some(t0 + Duration::from_secs(11)));
+        node.handle_timeout(t0 + Duration::from_secs(11));
+        let closed: Vec<ConnId> = std::iter::from_fn(|| node.poll_output())
+            .filter_map(|out| match out {
+                Output::Close(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, [conns[0]]);
+        assert_eq!(node.stats().connections, 0);
     }
 
     #[test]
