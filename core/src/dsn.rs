@@ -3,8 +3,7 @@
 //!
 //! Wall-clock time comes in as Unix milliseconds; nothing here reads a clock.
 
-use std::fmt::{self, Write as _};
-use std::io::Write as _;
+use std::fmt::Write as _;
 
 use crate::session::Envelope;
 use crate::wire::path::ForwardPath;
@@ -78,8 +77,8 @@ pub struct Trace<'a> {
     pub by: &'a str,
     /// The name the sender gave in EHLO/HELO.
     pub helo: &'a str,
-    /// The sender's address (or how the message came in).
-    pub peer: &'a dyn fmt::Display,
+    /// The sender's address as text (or how the message came in).
+    pub peer: &'a str,
     /// Our id for the message.
     pub id: u64,
     /// The recipient, when there is exactly one.
@@ -100,11 +99,12 @@ pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
         date,
     } = *trace;
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(160 + helo.len() + by.len() + date.len() + body.len());
+    let mut out =
+        Vec::with_capacity(120 + helo.len() + peer.len() + by.len() + date.len() + body.len());
     out.extend_from_slice(b"Received: from ");
     out.extend_from_slice(helo.as_bytes());
     out.extend_from_slice(b" (");
-    let _ = write!(out, "{peer}");
+    out.extend_from_slice(peer.as_bytes());
     out.extend_from_slice(b")\r\n\tby ");
     out.extend_from_slice(by.as_bytes());
     out.extend_from_slice(b" (xshadow) with ESMTP id ");
@@ -239,7 +239,7 @@ mod tests {
             &Trace {
                 by: "edge1.example",
                 helo: "hub.example",
-                peer: &"192.0.2.7",
+                peer: "192.0.2.7",
                 id: 0x2a,
                 for_one: Some(&to),
                 date: &date,

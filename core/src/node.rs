@@ -701,8 +701,10 @@ struct Message {
 struct Inbound {
     session: ServerSession,
     may_relay: bool,
-    helo: String,
-    peer: IpAddr,
+    /// The name given in EHLO/HELO (shared with the trace of each message).
+    helo: Arc<str>,
+    /// The peer's address as text, for the trace of each message.
+    peer: Arc<str>,
     /// A message waiting for its delayed acknowledgement.
     delayed_ack: Option<MessageId>,
 }
@@ -947,8 +949,8 @@ impl Node {
             Conn::Inbound(Box::new(Inbound {
                 session,
                 may_relay,
-                helo: String::new(),
-                peer,
+                helo: Arc::from(""),
+                peer: Arc::from(peer.to_string()),
                 delayed_ack: None,
             })),
         );
@@ -965,7 +967,7 @@ impl Node {
         let trace = dsn::Trace {
             by: &self.config.name,
             helo: "localhost",
-            peer: &"local submission",
+            peer: "local submission",
             id: id.0,
             for_one: None,
             date: self.dates.get(unix_ms),
@@ -1374,7 +1376,7 @@ impl Node {
         let s = &mut c.session;
         let result = match event {
             ServerEvent::Hello { domain, .. } => {
-                c.helo = domain;
+                c.helo = domain.into();
                 Ok(())
             }
             ServerEvent::MailFrom if over_budget => s.reject_mail(insufficient_storage(), now),
@@ -1409,8 +1411,8 @@ impl Node {
                     s.message_rejected(insufficient_storage(), now)
                 } else {
                     let message = *message;
-                    let (helo, peer) = (c.helo.clone(), c.peer);
-                    self.receive(conn, message, &helo, peer);
+                    let (helo, peer) = (Arc::clone(&c.helo), Arc::clone(&c.peer));
+                    self.receive(conn, message, &helo, &peer);
                     Ok(())
                 }
             }
@@ -1431,7 +1433,7 @@ impl Node {
         conn: ConnId,
         message: crate::session::ReceivedMessage,
         helo: &str,
-        peer: IpAddr,
+        peer: &str,
     ) {
         let id = self.new_message_id();
         let one = match message.envelope.recipients.as_slice() {
@@ -1442,7 +1444,7 @@ impl Node {
         let trace = dsn::Trace {
             by: &self.config.name,
             helo,
-            peer: &peer,
+            peer,
             id: id.0,
             for_one: one,
             date: self.dates.get(unix_ms),
