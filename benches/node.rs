@@ -3,7 +3,8 @@
 //!
 //! The graph is a small driver of the nodes' sans-IO interface, as a runtime binding drives
 //! them, with everything instant: connections are in memory (a `Connect` is accepted on the
-//! spot, bytes are delivered in order), every `Persist` is answered with `Persisted` as soon as
+//! spot, bytes are delivered in order, and the buffers that carried them are reused for the
+//! sink's and the client's output), every `Persist` is answered with `Persisted` as soon as
 //! it is seen ("persisted instantly": the records are dropped, or with `_spool` encoded with
 //! `store::encode` into a reused buffer), and the sink is a `ServerSession` that accepts
 //! everything. Work is a FIFO queue of deliveries, closes, connects and persist answers; time
@@ -161,7 +162,13 @@ struct Graph {
     counters: Counters,
     client_config: ClientConfig,
     next_client_conn: u64,
+    /// Delivered transmit buffers, emptied, for the sink's and the client's next output (the
+    /// driver's own allocations stay out of what is measured).
+    buffers: Vec<Vec<u8>>,
 }
+
+/// Spare transmit buffers kept at most.
+const SPARE_BUFFERS: usize = 16;
 
 impl Graph {
     /// hub -> edge -> sink; the hub shadows through the edge when `shadow`.
@@ -202,6 +209,7 @@ impl Graph {
             counters: Counters::default(),
             client_config: ClientConfig::new("client.example"),
             next_client_conn: 1,
+            buffers: Vec::new(),
         };
         graph.drain_node(HUB);
         graph.drain_node(EDGE);
@@ -276,26 +284,10 @@ impl Graph {
         match ev {
             Ev::Deliver { to, data } => {
                 // Bytes for a connection closed on the way are lost with it.
-                if !self.links.contains_key(&to) {
-                    return;
+                if self.links.contains_key(&to) {
+                    self.deliver(to, &data);
                 }
-                match &mut self.hosts[to.host] {
-                    Host::Node(node) => {
-                        node.handle_input(Input::Received(ConnId(to.conn), &data), now);
-                        self.drain_node(to.host);
-                    }
-                    Host::Sink(sink) => {
-                        if let Some(s) = sink.sessions.get_mut(&to.conn) {
-                            s.handle_input(&data, now);
-                        }
-                        self.drain_sink(to.conn);
-                    }
-                    Host::Client(Some(client)) => {
-                        client.handle_input(&data, now);
-                        self.drain_client();
-                    }
-                    Host::Client(None) => {}
-                }
+                self.recycle(data);
             }
             Ev::Closed { to } => match &mut self.hosts[to.host] {
                 Host::Node(node) => {
@@ -322,6 +314,41 @@ impl Graph {
                 self.drain_node(host);
             }
         }
+    }
+
+    /// Hands bytes to the receiving end of a live connection.
+    fn deliver(&mut self, to: End, data: &[u8]) {
+        let now = self.now;
+        match &mut self.hosts[to.host] {
+            Host::Node(node) => {
+                node.handle_input(Input::Received(ConnId(to.conn), data), now);
+                self.drain_node(to.host);
+            }
+            Host::Sink(sink) => {
+                if let Some(s) = sink.sessions.get_mut(&to.conn) {
+                    s.handle_input(data, now);
+                }
+                self.drain_sink(to.conn);
+            }
+            Host::Client(Some(client)) => {
+                client.handle_input(data, now);
+                self.drain_client();
+            }
+            Host::Client(None) => {}
+        }
+    }
+
+    /// Keeps a delivered buffer for the next output of the sink or the client.
+    fn recycle(&mut self, mut data: Vec<u8>) {
+        if self.buffers.len() < SPARE_BUFFERS {
+            data.clear();
+            self.buffers.push(data);
+        }
+    }
+
+    /// An empty buffer for output, reused when one is spare.
+    fn buffer(&mut self) -> Vec<u8> {
+        self.buffers.pop().unwrap_or_default()
     }
 
     /// Moves every output of a node into the graph.
@@ -367,14 +394,15 @@ impl Graph {
     /// Answers every decision of one sink session at once and moves its output.
     fn drain_sink(&mut self, conn: u64) {
         let now = self.now;
+        let mut data = self.buffer();
         let Host::Sink(sink) = &mut self.hosts[SINK] else {
             unreachable!()
         };
         let Some(s) = sink.sessions.get_mut(&conn) else {
+            self.recycle(data);
             return;
         };
         let counters = &mut self.counters;
-        let mut data = Vec::new();
         let mut closed = false;
         loop {
             let mut moved = s.poll_transmit(&mut data).is_some();
@@ -394,7 +422,9 @@ impl Graph {
         if closed {
             sink.sessions.remove(&conn);
         }
-        if !data.is_empty() {
+        if data.is_empty() {
+            self.recycle(data);
+        } else {
             self.transmit(SINK, conn, data);
         }
         if closed {
@@ -403,10 +433,11 @@ impl Graph {
     }
 
     fn drain_client(&mut self) {
+        let mut data = self.buffer();
         let Host::Client(Some(client)) = &mut self.hosts[CLIENT] else {
+            self.recycle(data);
             return;
         };
-        let mut data = Vec::new();
         let _ = client.poll_transmit(&mut data);
         let mut closed = false;
         while let Some(event) = client.poll_event() {
@@ -420,7 +451,9 @@ impl Graph {
             }
         }
         let conn = self.next_client_conn - 1;
-        if !data.is_empty() {
+        if data.is_empty() {
+            self.recycle(data);
+        } else {
             self.transmit(CLIENT, conn, data);
         }
         if closed {
@@ -430,8 +463,9 @@ impl Graph {
     }
 
     fn transmit(&mut self, host: usize, conn: u64, data: Vec<u8>) {
-        if let Some(&to) = self.links.get(&End { host, conn }) {
-            self.queue.push_back(Ev::Deliver { to, data });
+        match self.links.get(&End { host, conn }) {
+            Some(&to) => self.queue.push_back(Ev::Deliver { to, data }),
+            None => self.recycle(data),
         }
     }
 

@@ -144,9 +144,12 @@ pub fn on_cpu() -> Option<Duration> {
 
 /// The global allocator of the benches: the system's, plus a count of allocations that the
 /// instruction-count modes switch on around their runs (off, it costs one relaxed load).
+#[allow(dead_code, reason = "only the node bench counts allocations")]
 pub struct CountingAlloc;
 
+#[allow(dead_code, reason = "only the node bench counts allocations")]
 static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+#[allow(dead_code, reason = "only the node bench counts allocations")]
 static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 // SAFETY: every call is passed to `System` unchanged; the counter touches no memory it hands
@@ -170,6 +173,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     }
 }
 
+#[allow(dead_code, reason = "only the node bench counts allocations")]
 fn count_one() {
     use std::sync::atomic::Ordering::Relaxed;
     if COUNTING.load(Relaxed) {
@@ -179,6 +183,7 @@ fn count_one() {
 
 /// Runs `f` with allocations counted: its result and how many allocations and reallocations
 /// it made.
+#[allow(dead_code, reason = "only the node bench counts allocations")]
 pub fn count_allocations<T>(f: impl FnOnce() -> T) -> (T, u64) {
     use std::sync::atomic::Ordering::Relaxed;
     let before = ALLOCATIONS.load(Relaxed);
