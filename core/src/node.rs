@@ -780,9 +780,12 @@ pub struct Node {
     hops: BTreeMap<Arc<str>, Hop>,
     shadow: ShadowQueues,
     ledger: DiscardLedger,
-    persisting: HashMap<u64, Vec<AfterPersist>>,
+    /// What to do once each Persist batch is durable, by its token (ascending).
+    persisting: VecDeque<(u64, AfterPersist)>,
     batch: Vec<Record>,
     batch_after: Vec<AfterPersist>,
+    /// An empty list kept for `flush_batch`.
+    spare_after: Vec<AfterPersist>,
     delayed_acks: BTreeSet<(Instant, MessageId)>,
     ack_conn: HashMap<MessageId, ConnId>,
     outputs: VecDeque<Output>,
@@ -860,9 +863,10 @@ impl Node {
                 .collect(),
             shadow: ShadowQueues::new(config.shadow),
             ledger: DiscardLedger::new(config.shadow.auto_discard),
-            persisting: HashMap::default(),
+            persisting: VecDeque::new(),
             batch: Vec::new(),
             batch_after: Vec::new(),
+            spare_after: Vec::new(),
             delayed_acks: BTreeSet::new(),
             ack_conn: HashMap::default(),
             outputs: VecDeque::new(),
@@ -1002,8 +1006,12 @@ impl Node {
                 None => {}
             },
             Input::Persisted(token) => {
-                for after in self.persisting.remove(&token).unwrap_or_default() {
-                    self.after_persist(after);
+                // Entries are in token order; answers usually come in that order too.
+                let at = self.persisting.partition_point(|(t, _)| *t < token);
+                while self.persisting.get(at).is_some_and(|(t, _)| *t == token) {
+                    if let Some((_, after)) = self.persisting.remove(at) {
+                        self.after_persist(after);
+                    }
                 }
             }
         }
@@ -1195,18 +1203,21 @@ impl Node {
 
     fn flush_batch(&mut self) {
         if self.batch.is_empty() {
-            for after in std::mem::take(&mut self.batch_after) {
+            // Nothing to wait for. What these steps add to `batch_after` waits for the next
+            // flush; the two lists swap so that neither is allocated again.
+            let mut now = std::mem::take(&mut self.spare_after);
+            std::mem::swap(&mut now, &mut self.batch_after);
+            for after in now.drain(..) {
                 self.after_persist(after);
             }
+            self.spare_after = now;
             return;
         }
         let token = self.next_token;
         self.next_token += 1;
         let records = std::mem::take(&mut self.batch);
-        let after = std::mem::take(&mut self.batch_after);
-        if !after.is_empty() {
-            self.persisting.insert(token, after);
-        }
+        self.persisting
+            .extend(self.batch_after.drain(..).map(|after| (token, after)));
         self.outputs.push_back(Output::Persist { token, records });
     }
 
@@ -1726,7 +1737,7 @@ impl Node {
                 _ if may_open => (self.open_session(hop, false), SESSION_DEPTH),
                 _ => return,
             };
-            let mut given = Vec::new();
+            let mut given = SmallVec::<[MessageId; SESSION_DEPTH]>::new();
             if let (Some(h), Some(Conn::Outbound(o))) =
                 (self.hops.get_mut(&**hop), self.conns.get_mut(&conn))
             {
