@@ -30,11 +30,14 @@
 //!
 //! # Cost
 //!
-//! Each primary keeps its copies ordered by arrival time (oldest first) plus a hash index by
-//! shadow id. `add_copy` and each dropped copy cost O(log n) for n copies of that primary.
+//! Each primary keeps its copies in a deque ordered by arrival time (oldest first), each at a
+//! stable position, plus a hash index from shadow id to position. A dropped copy leaves a hole,
+//! trimmed at either end of the deque and compacted away once holes outnumber copies. So
+//! `add_copy` and each dropped copy cost O(1) amortized; only a copy added *older* than the
+//! newest one held (a replay out of order) costs O(n) for n copies of that primary.
 //! `poll_timeout`, `poll_heartbeat` and `expire` look at one heartbeat slot and the oldest copy
-//! of each primary: O(primaries) per call, plus O(log n) per copy `expire` actually drops —
-//! never a scan of all copies. Primaries are the configured next hops: few.
+//! of each primary: O(primaries) per call, plus O(1) per copy `expire` actually drops — never
+//! a scan of all copies. Primaries are the configured next hops: few.
 //!
 //! # Recovery
 //!
@@ -42,7 +45,7 @@
 //! first) and `discard` for each recorded discard; heartbeats then fall due at once, and the
 //! failure count starts again from zero.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -152,8 +155,8 @@ enum Heartbeat {
     InFlight(Instant),
 }
 
-/// Ordering key of a copy: arrival time, then a node-wide sequence number.
-type CopyKey = (Instant, u64);
+/// Where a copy sits in its primary's [`Arrivals`]; stable while the copy is held.
+type Position = u64;
 
 /// The longest shadow id kept inline, without a heap allocation: a hyphenated GUID (what
 /// nodes send, 36 bytes), also in braces (38).
@@ -200,6 +203,11 @@ enum CopyId {
 }
 
 impl CopyId {
+    /// `id` as stored: inline when short enough.
+    fn new(id: &str) -> Self {
+        InlineId::new(id).map_or_else(|| Self::Long(id.into()), Self::Inline)
+    }
+
     fn as_str(&self) -> &str {
         match self {
             Self::Inline(id) => id.as_str(),
@@ -215,19 +223,158 @@ struct Copy {
     shadow_id: CopyId,
 }
 
-/// Everything held for one primary.
+/// Shadow id -> position of its copy, ASCII case-insensitively.
 ///
-/// The shadow id index hashes with Fx, not a keyed hasher: its keys are the shadow ids this
-/// node generated (random GUIDs), never picked by a peer; a peer only looks ids up (XQDISCARD
+/// Hashes short ids with Fx, not a keyed hasher: its keys are the shadow ids this node
+/// generated (random GUIDs), never picked by a peer; a peer only looks ids up (XQDISCARD
 /// replies), and a lookup cannot lengthen any probe sequence.
+#[derive(Debug, Default)]
+struct IdIndex {
+    /// Lowercased short shadow id -> position.
+    inline: FxHashMap<InlineId, Position>,
+    /// Lowercased long shadow id -> position (rare: nodes send GUIDs).
+    long: HashMap<String, Position>,
+}
+
+impl IdIndex {
+    /// Indexes a held copy's id; returns the position it held before, if any.
+    fn insert(&mut self, id: &CopyId, at: Position) -> Option<Position> {
+        match id {
+            CopyId::Inline(id) => self.inline.insert(id.lowercased(), at),
+            CopyId::Long(id) => self.long.insert(id.to_ascii_lowercase(), at),
+        }
+    }
+
+    /// Removes a held copy's id; returns its position.
+    fn remove(&mut self, id: &CopyId) -> Option<Position> {
+        match id {
+            CopyId::Inline(id) => self.inline.remove(&id.lowercased()),
+            CopyId::Long(id) => self.long.remove(ascii_lowercase(id).as_ref()),
+        }
+    }
+
+    /// Removes `id` (as a peer spelled it); returns its position.
+    fn remove_str(&mut self, id: &str) -> Option<Position> {
+        match InlineId::new(id) {
+            Some(id) => self.inline.remove(&id.lowercased()),
+            None => self.long.remove(ascii_lowercase(id).as_ref()),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.inline.clear();
+        self.long.clear();
+    }
+}
+
+/// One place in [`Arrivals`]: a copy, or the hole a dropped one left (keeping its time, so
+/// that the deque stays sorted).
+#[derive(Debug)]
+struct Slot {
+    added: Instant,
+    copy: Option<Copy>,
+}
+
+/// A primary's copies by arrival time, oldest first (ties in the order added), each at a
+/// stable [`Position`]. The first and the last slot always hold a copy.
+#[derive(Debug, Default)]
+struct Arrivals {
+    slots: VecDeque<Slot>,
+    /// The position of `slots[0]`.
+    base: Position,
+    /// Slots holding a copy.
+    live: usize,
+}
+
+impl Arrivals {
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Adds a copy in time order; returns its position and whether the positions of later
+    /// copies moved (only when it is older than the newest copy held).
+    fn insert(&mut self, added: Instant, copy: Copy) -> (Position, bool) {
+        let slot = Slot {
+            added,
+            copy: Some(copy),
+        };
+        self.live += 1;
+        match self.slots.back() {
+            Some(newest) if newest.added > added => {
+                let at = self.slots.partition_point(|s| s.added <= added);
+                self.slots.insert(at, slot);
+                (self.base + at as Position, true)
+            }
+            _ => {
+                self.slots.push_back(slot);
+                (self.base + (self.slots.len() - 1) as Position, false)
+            }
+        }
+    }
+
+    /// The copy at `at`.
+    fn get(&self, at: Position) -> Option<&Copy> {
+        let i = usize::try_from(at.checked_sub(self.base)?).ok()?;
+        self.slots.get(i)?.copy.as_ref()
+    }
+
+    /// Removes the copy at `at`, trimming holes at either end.
+    fn remove(&mut self, at: Position) -> Option<Copy> {
+        let i = usize::try_from(at.checked_sub(self.base)?).ok()?;
+        let copy = self.slots.get_mut(i)?.copy.take()?;
+        self.live -= 1;
+        while self.slots.front().is_some_and(|s| s.copy.is_none()) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        while self.slots.back().is_some_and(|s| s.copy.is_none()) {
+            self.slots.pop_back();
+        }
+        Some(copy)
+    }
+
+    /// The oldest copy, with when it was added.
+    fn first(&self) -> Option<(Instant, &Copy)> {
+        let slot = self.slots.front()?;
+        Some((slot.added, slot.copy.as_ref()?))
+    }
+
+    /// Every copy, oldest first, with when it was added and its position.
+    fn iter(&self) -> impl Iterator<Item = (Instant, Position, &Copy)> + '_ {
+        (self.base..)
+            .zip(&self.slots)
+            .filter_map(|(at, slot)| Some((slot.added, at, slot.copy.as_ref()?)))
+    }
+
+    /// Drops the holes once they outnumber the copies (so they cost O(1) amortized per drop);
+    /// says whether positions moved.
+    fn compact_if_sparse(&mut self) -> bool {
+        if self.slots.len() <= 2 * self.live + 32 {
+            return false;
+        }
+        self.slots.retain(|s| s.copy.is_some());
+        true
+    }
+
+    /// Every copy's message, oldest first.
+    fn into_messages(self) -> impl Iterator<Item = MessageId> {
+        self.slots
+            .into_iter()
+            .filter_map(|slot| Some(slot.copy?.message))
+    }
+}
+
+/// Everything held for one primary.
 #[derive(Debug)]
 struct PrimaryQueue {
     database_id: Option<String>,
-    copies: BTreeMap<CopyKey, Copy>,
-    /// Lowercased short shadow id -> key in `copies`.
-    by_inline_id: FxHashMap<InlineId, CopyKey>,
-    /// Lowercased long shadow id -> key in `copies` (rare: nodes send GUIDs).
-    by_long_id: HashMap<String, CopyKey>,
+    copies: Arrivals,
+    /// Shadow id -> position in `copies`.
+    index: IdIndex,
     heartbeat: Heartbeat,
     failures: u64,
     last_contact: Option<Instant>,
@@ -237,9 +384,8 @@ impl Default for PrimaryQueue {
     fn default() -> Self {
         Self {
             database_id: None,
-            copies: BTreeMap::new(),
-            by_inline_id: FxHashMap::default(),
-            by_long_id: HashMap::new(),
+            copies: Arrivals::default(),
+            index: IdIndex::default(),
             heartbeat: Heartbeat::Idle,
             failures: 0,
             last_contact: None,
@@ -251,43 +397,40 @@ impl PrimaryQueue {
     /// Removes every copy (oldest first) and returns its message; the heartbeat stops.
     fn take_all(&mut self) -> Vec<MessageId> {
         let copies = std::mem::take(&mut self.copies);
-        self.by_inline_id.clear();
-        self.by_long_id.clear();
+        self.index.clear();
         self.emptied();
-        copies.into_values().map(|c| c.message).collect()
+        copies.into_messages().collect()
     }
 
-    /// Indexes `shadow_id` (as given) under `key`; returns it as stored and the key of the copy it held before, if any.
-    fn index(&mut self, shadow_id: &str, key: CopyKey) -> (CopyId, Option<CopyKey>) {
-        match InlineId::new(shadow_id) {
-            Some(id) => (
-                CopyId::Inline(id),
-                self.by_inline_id.insert(id.lowercased(), key),
-            ),
-            None => (
-                CopyId::Long(shadow_id.into()),
-                self.by_long_id.insert(shadow_id.to_ascii_lowercase(), key),
-            ),
+    /// Holds a copy added at `added`; returns the copy it replaces (same id), if any.
+    fn add(&mut self, added: Instant, copy: Copy) -> Option<Copy> {
+        let replaced = self
+            .index
+            .remove(&copy.shadow_id)
+            .and_then(|at| self.remove_at(at));
+        let (at, moved) = self.copies.insert(added, copy);
+        if moved {
+            self.reindex();
+        } else if let Some(copy) = self.copies.get(at) {
+            self.index.insert(&copy.shadow_id, at);
         }
+        replaced
     }
 
-    /// Removes `shadow_id` (any case) from the index; returns the key of its copy.
-    fn unindex(&mut self, shadow_id: &str) -> Option<CopyKey> {
-        match InlineId::new(shadow_id) {
-            Some(id) => self.by_inline_id.remove(&id.lowercased()),
-            None => self.by_long_id.remove(ascii_lowercase(shadow_id).as_ref()),
+    /// Removes the copy at `at` (its id must be gone from the index already).
+    fn remove_at(&mut self, at: Position) -> Option<Copy> {
+        let copy = self.copies.remove(at)?;
+        if self.copies.compact_if_sparse() {
+            self.reindex();
         }
+        Some(copy)
     }
 
-    /// Removes a dropped copy's id from the index.
-    fn unindex_copy(&mut self, shadow_id: &CopyId) {
-        match shadow_id {
-            CopyId::Inline(id) => {
-                self.by_inline_id.remove(&id.lowercased());
-            }
-            CopyId::Long(id) => {
-                self.by_long_id.remove(ascii_lowercase(id).as_ref());
-            }
+    /// Rebuilds the index after positions moved: O(n).
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (_, at, copy) in self.copies.iter() {
+            self.index.insert(&copy.shadow_id, at);
         }
     }
 
@@ -325,7 +468,7 @@ impl PrimaryQueue {
 
     /// When the oldest copy reaches auto-discard age.
     fn expiry(&self, auto_discard: Duration) -> Option<Instant> {
-        let (&(added, _), _) = self.copies.first_key_value()?;
+        let (added, _) = self.copies.first()?;
         added.checked_add(auto_discard)
     }
 }
@@ -336,7 +479,6 @@ pub struct ShadowQueues {
     config: ShadowConfig,
     threshold: u64,
     primaries: BTreeMap<String, PrimaryQueue>,
-    next_seq: u64,
 }
 
 impl ShadowQueues {
@@ -347,7 +489,6 @@ impl ShadowQueues {
             config,
             threshold: config.failure_threshold(),
             primaries: BTreeMap::new(),
-            next_seq: 0,
         }
     }
 
@@ -378,8 +519,6 @@ impl ShadowQueues {
         database_id: &str,
         now: Instant,
     ) -> Vec<MessageId> {
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
         let interval = self.config.heartbeat_interval;
         // Look up before inserting: the name is copied only for a new primary.
         let queue = match self.primaries.get_mut(primary) {
@@ -389,15 +528,12 @@ impl ShadowQueues {
         let mut resubmit = queue.observe_database_id(database_id);
 
         let was_empty = queue.copies.is_empty();
-        let key = (now, seq);
-        let (shadow_id, replaced) = queue.index(shadow_id, key);
-        if let Some(old_key) = replaced
-            && let Some(old) = queue.copies.remove(&old_key)
+        let shadow_id = CopyId::new(shadow_id);
+        if let Some(old) = queue.add(now, Copy { message, shadow_id })
             && old.message != message
         {
             resubmit.push(old.message);
         }
-        queue.copies.insert(key, Copy { message, shadow_id });
         if was_empty {
             queue.heartbeat = Heartbeat::Waiting(now.checked_add(interval));
         }
@@ -436,8 +572,9 @@ impl ShadowQueues {
         };
         for id in ids {
             match queue
-                .unindex(id.as_ref())
-                .and_then(|key| queue.copies.remove(&key))
+                .index
+                .remove_str(id.as_ref())
+                .and_then(|at| queue.remove_at(at))
             {
                 Some(copy) => outcome.dropped.push(copy.message),
                 None => outcome.unknown += 1,
@@ -531,18 +668,20 @@ impl ShadowQueues {
 
     /// Drops every copy that has reached `auto_discard` age at `now`, oldest first per primary.
     ///
-    /// Cost: O(primaries) plus O(log n) per dropped copy.
+    /// Cost: O(primaries) plus O(1) amortized per dropped copy.
     #[must_use]
     pub fn expire(&mut self, now: Instant) -> Vec<(String, MessageId)> {
         let auto_discard = self.config.auto_discard;
         let mut expired = Vec::new();
         for (name, queue) in &mut self.primaries {
-            while let Some(entry) = queue.copies.first_entry() {
-                if now.saturating_duration_since(entry.key().0) < auto_discard {
+            while let Some((added, oldest)) = queue.copies.first() {
+                if now.saturating_duration_since(added) < auto_discard {
                     break;
                 }
-                let copy = entry.remove();
-                queue.unindex_copy(&copy.shadow_id);
+                let at = queue.index.remove(&oldest.shadow_id);
+                let Some(copy) = at.and_then(|at| queue.remove_at(at)) else {
+                    break;
+                };
                 expired.push((name.clone(), copy.message));
             }
             queue.emptied();
@@ -660,15 +799,12 @@ fn held_copies<'a>(
     name: &'a str,
     queue: &'a PrimaryQueue,
 ) -> impl Iterator<Item = HeldCopy<'a>> + 'a {
-    queue
-        .copies
-        .iter()
-        .map(move |(&(added, _), copy)| HeldCopy {
-            primary: name,
-            message: copy.message,
-            shadow_id: copy.shadow_id.as_str(),
-            added,
-        })
+    queue.copies.iter().map(move |(added, _, copy)| HeldCopy {
+        primary: name,
+        message: copy.message,
+        shadow_id: copy.shadow_id.as_str(),
+        added,
+    })
 }
 
 #[cfg(test)]
@@ -814,6 +950,35 @@ mod tests {
         assert_eq!(outcome.dropped, [MessageId(9), MessageId(4)]);
         assert_eq!(outcome.unknown, 1);
         assert!(queues.is_empty());
+    }
+
+    #[test]
+    fn holes_left_by_discards_are_compacted_and_every_id_still_finds_its_copy() {
+        let t0 = Instant::now();
+        let mut queues = with_copies(small_config(), 300, t0);
+        // Keep the first, the last and every tenth: holes pile up in the middle.
+        let middle: Vec<String> = (2..300).filter(|i| i % 10 != 0).map(shadow_id).collect();
+        assert_eq!(queues.discard(EDGE, &middle).dropped.len(), middle.len());
+        // One older than all the rest moves every position.
+        assert!(
+            queues
+                .add_copy(EDGE, MessageId(1000), &shadow_id(1000), DB, t0 - mins(1))
+                .is_empty()
+        );
+        let kept: Vec<u64> = [1000, 1]
+            .into_iter()
+            .chain((10..300).step_by(10))
+            .chain([300])
+            .collect();
+        let held: Vec<u64> = queues.held_for(EDGE).map(|c| c.message.0).collect();
+        assert_eq!(held, kept);
+        assert_eq!(queues.copies(EDGE), kept.len());
+        for id in kept.iter().rev() {
+            let outcome = queues.discard(EDGE, &[shadow_id(*id).to_ascii_uppercase()]);
+            assert_eq!(outcome.dropped, [MessageId(*id)]);
+        }
+        assert!(queues.is_empty());
+        assert_eq!(queues.poll_timeout(), None);
     }
 
     #[test]
