@@ -525,14 +525,6 @@ struct Transaction {
     succeeded: bool,
 }
 
-/// A finished transaction's buffers, kept so the next message does not allocate them.
-#[derive(Debug, Default)]
-struct Spare {
-    lines: Vec<u8>,
-    ends: Vec<usize>,
-    awaiting: VecDeque<Step>,
-}
-
 /// Where the session is.
 #[derive(Debug)]
 enum State {
@@ -646,8 +638,9 @@ pub struct ClientSession {
     keywords: Option<EhloKeywords<'static>>,
     database_id: Option<String>,
     rset_pending: bool,
-    /// The buffers of the last finished transaction, emptied, for the next one.
-    spare: Spare,
+    /// The last finished transaction, its body let go, kept with its buffers so that the
+    /// next message allocates neither the box nor the buffers.
+    spare: Option<Box<Transaction>>,
     /// Why the session is quitting early, reported with `Closed`.
     failure: Option<SessionFailure>,
 }
@@ -673,7 +666,7 @@ impl ClientSession {
             keywords: None,
             database_id: None,
             rset_pending: false,
-            spare: Spare::default(),
+            spare: None,
             failure: None,
         };
         session.rearm(None, false, now);
@@ -1145,11 +1138,11 @@ impl ClientSession {
         }
         self.body_block = None;
         self.rset_pending = t.mail_ok && !t.succeeded;
-        self.spare = Spare {
-            lines: mem::take(&mut t.lines),
-            ends: mem::take(&mut t.ends),
-            awaiting: mem::take(&mut t.awaiting),
-        };
+        // The body goes now (an empty `Arc<[u8]>` does not allocate); the envelope, shared
+        // with the caller and small, goes when the next message takes the box.
+        t.msg.body = Arc::default();
+        t.msg.shadow_id = None;
+        self.spare = Some(t);
         self.proceed(now)
     }
 
@@ -1292,11 +1285,19 @@ impl ClientSession {
             params.xshadow = Some(Cow::Borrowed(shadow_id.as_str()));
         }
         let shadowed = params.xshadow.is_some();
-        let mut lines = mem::take(&mut self.spare.lines);
+        let mut spare = self.spare.take();
+        let (mut lines, mut ends, mut awaiting) = match spare.as_mut() {
+            Some(t) => (
+                mem::take(&mut t.lines),
+                mem::take(&mut t.ends),
+                mem::take(&mut t.awaiting),
+            ),
+            None => Default::default(),
+        };
         lines.clear();
         lines.reserve(64 * (1 + envelope.recipients.len()));
-        let mut ends = mem::take(&mut self.spare.ends);
         ends.clear();
+        awaiting.clear();
         ends.reserve(1 + envelope.recipients.len());
         write_mail(&mut lines, &envelope.from, &params);
         drop(params);
@@ -1311,20 +1312,27 @@ impl ClientSession {
                 .map_err(|reply| (id, reply))?;
             ends.push(lines.len());
         }
-        Ok(Box::new(Transaction {
+        let t = Transaction {
             msg,
             shadowed,
             pipelined: kw.pipelining,
             chunking: kw.chunking,
             lines,
             ends,
-            awaiting: mem::take(&mut self.spare.awaiting),
+            awaiting,
             mail_ok: false,
             accepted: 0,
             refused: Vec::new(),
             done: false,
             succeeded: false,
-        }))
+        };
+        Ok(match spare {
+            Some(mut boxed) => {
+                *boxed = t;
+                boxed
+            }
+            None => Box::new(t),
+        })
     }
 
     /// Refuses a command line (from `start` to the end of `lines`) that is too long or holds

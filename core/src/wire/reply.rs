@@ -122,11 +122,7 @@ impl<'a> Reply<'a> {
         Reply {
             code: self.code,
             enhanced: self.enhanced,
-            lines: self
-                .lines
-                .into_iter()
-                .map(|l| Cow::Owned(l.into_owned()))
-                .collect(),
+            lines: self.lines.into_iter().map(own_line).collect(),
         }
     }
 
@@ -681,6 +677,29 @@ impl ReplyReader {
     }
 }
 
+/// The texts of the replies a mail transaction's success gets from this crate's server (and
+/// from many others): a reply kept past its input (a message's final reply, in every
+/// `MessageAccepted` event) borrows one of these instead of copying it.
+const KNOWN_TEXTS: [&str; 5] = [
+    "Queued mail for delivery",
+    "OK",
+    "Sender OK",
+    "Recipient OK",
+    "Service closing transmission channel",
+];
+
+/// A reply line that outlives its input: a known text is borrowed from [`KNOWN_TEXTS`], any
+/// other is copied.
+fn own_line(line: Cow<'_, str>) -> Cow<'static, str> {
+    match line {
+        Cow::Owned(text) => Cow::Owned(text),
+        Cow::Borrowed(text) => match KNOWN_TEXTS.iter().find(|known| **known == text) {
+            Some(known) => Cow::Borrowed(known),
+            None => Cow::Owned(text.to_owned()),
+        },
+    }
+}
+
 /// Reads one reply from the front of `buf` with the default limits (see [`ReplyReader`]).
 pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, ReplyError> {
     ReplyReader::new().read(buf)
@@ -816,6 +835,27 @@ fn number_prefix(bytes: &[u8], start: usize) -> Option<(u16, usize)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_owned_reply_borrows_a_known_text_and_copies_any_other() {
+        let wire = b"250 2.6.0 Queued mail for delivery\r\n250 2.6.0 Queued as 42\r\n";
+        let (known, used) = parse_reply(wire).unwrap().unwrap();
+        let (other, _) = parse_reply(&wire[used..]).unwrap().unwrap();
+        let (known, other) = (known.into_owned(), other.into_owned());
+        assert!(matches!(
+            known.lines[0],
+            Cow::Borrowed("Queued mail for delivery")
+        ));
+        assert!(matches!(&other.lines[0], Cow::Owned(text) if text == "Queued as 42"));
+        assert_eq!(
+            known,
+            Reply::new(
+                250,
+                Some(EnhancedStatus::new(2, 6, 0)),
+                "Queued mail for delivery"
+            )
+        );
+    }
 
     /// One wire vector: the bytes a server sends and the reply they mean.
     struct Vector {
