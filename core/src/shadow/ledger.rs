@@ -22,20 +22,22 @@
 //!
 //! # Cost
 //!
-//! Each context keeps its pending events ordered by (recorded time, arrival), so the oldest is
-//! at the front: `record`, `take_for_reply` and `confirm` cost O(log n) per event for n events
-//! of the context; `connection_lost` O(log n) per event returned. `poll_timeout` and `expire`
-//! look at the oldest event of each context: O(contexts) per call plus O(log n) per expired
-//! event. A context with no events is removed, so contexts are the shadows with work
-//! outstanding: few.
+//! Each context keeps its pending events in a deque ordered by (recorded time, arrival), so the
+//! oldest is at the front. Events are recorded in time order and taken oldest first, so
+//! `record`, `take_for_reply` and `confirm` cost O(1) per event (plus O(log n) per context
+//! lookup); an event placed between others — restored out of order, returned by
+//! `connection_lost` behind older ones, or taken past an expired prefix — costs a binary search
+//! and a shift of the shorter side, O(n) at worst for n events of the context (events returned
+//! go near the front, so that shift is short). `poll_timeout` and `expire` look at the oldest
+//! event of each context: O(contexts) per call plus O(1) per expired event. A context with no
+//! events is removed, so contexts are the shadows with work outstanding: few.
 //!
 //! # Recovery
 //!
 //! Rebuild with [`DiscardLedger::restore`] for every event recorded and not yet confirmed or
 //! expired; events in doubt when the node stopped are simply pending again.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,7 +59,7 @@ struct ContextEvents {
     /// The spelling the context was first recorded with.
     spelling: String,
     /// Discard ids not yet handed out (or handed out on a connection that died), oldest first.
-    pending: BTreeMap<EventKey, String>,
+    pending: VecDeque<(EventKey, String)>,
     /// How many of this context's events are in doubt on some connection.
     in_doubt: usize,
 }
@@ -68,8 +70,19 @@ impl ContextEvents {
         Self {
             key,
             spelling: spelling.to_owned(),
-            pending: BTreeMap::new(),
+            pending: VecDeque::new(),
             in_doubt: 0,
+        }
+    }
+
+    /// Adds a pending event in its place (usually the back).
+    fn insert(&mut self, key: EventKey, discard_id: String) {
+        match self.pending.back() {
+            Some((newest, _)) if *newest > key => {
+                let at = self.pending.partition_point(|(k, _)| *k < key);
+                self.pending.insert(at, (key, discard_id));
+            }
+            _ => self.pending.push_back((key, discard_id)),
         }
     }
 
@@ -140,7 +153,7 @@ impl DiscardLedger {
                     .or_insert_with(|| ContextEvents::new(key, context))
             }
         };
-        events.pending.insert((now, seq), discard_id.to_owned());
+        events.insert((now, seq), discard_id.to_owned());
     }
 
     /// Rebuilds an event from a durable record (as pending), keeping its original time.
@@ -169,26 +182,18 @@ impl DiscardLedger {
         // Skip the expired prefix: `expire` reports those, and the shadow has dropped its copy.
         let cutoff = now.checked_sub(self.auto_discard);
         let fresh = |key: &EventKey| cutoff.is_none_or(|cutoff| key.0 > cutoff);
-        let after_cutoff = cutoff.map_or(Bound::Unbounded, |cutoff| {
-            Bound::Excluded((cutoff, u64::MAX))
-        });
         let mut ids = Vec::new();
         let mut doubt = self
             .in_doubt
             .remove(&conn)
             .unwrap_or_else(|| self.spare.pop().unwrap_or_default());
         while ids.len() < max {
-            let event = match events.pending.first_entry() {
+            let event = match events.pending.front() {
                 // The common case: nothing expired in front.
-                Some(oldest) if fresh(oldest.key()) => Some(oldest.remove_entry()),
+                Some((oldest, _)) if fresh(oldest) => events.pending.pop_front(),
                 Some(_) => {
-                    let first_fresh = events
-                        .pending
-                        .range((after_cutoff, Bound::Unbounded))
-                        .next();
-                    first_fresh
-                        .map(|(&key, _)| key)
-                        .and_then(|key| events.pending.remove_entry(&key))
+                    let first_fresh = events.pending.partition_point(|(k, _)| !fresh(k));
+                    events.pending.remove(first_fresh)
                 }
                 None => None,
             };
@@ -257,7 +262,7 @@ impl DiscardLedger {
                         ContextEvents::new(Arc::clone(&event.context), &event.context)
                     }),
             };
-            events.pending.insert(event.key, event.discard_id);
+            events.insert(event.key, event.discard_id);
         }
         self.reuse(doubt);
     }
@@ -280,11 +285,13 @@ impl DiscardLedger {
         };
         let mut expired = Vec::new();
         self.contexts.retain(|_, events| {
-            while let Some(entry) = events.pending.first_entry() {
-                if entry.key().0 > cutoff {
+            while let Some(((recorded_at, _), _)) = events.pending.front() {
+                if *recorded_at > cutoff {
                     break;
                 }
-                expired.push((events.spelling.clone(), entry.remove()));
+                if let Some((_, discard_id)) = events.pending.pop_front() {
+                    expired.push((events.spelling.clone(), discard_id));
+                }
             }
             !events.is_empty()
         });
@@ -298,8 +305,8 @@ impl DiscardLedger {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.contexts
             .values()
-            .filter_map(|events| events.pending.first_key_value())
-            .filter_map(|(&(recorded_at, _), _)| recorded_at.checked_add(self.auto_discard))
+            .filter_map(|events| events.pending.front())
+            .filter_map(|&((recorded_at, _), _)| recorded_at.checked_add(self.auto_discard))
             .min()
     }
 
