@@ -45,6 +45,7 @@
 //! first) and `discard` for each recorded discard; heartbeats then fall due at once, and the
 //! failure count starts again from zero.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -316,6 +317,14 @@ impl Arrivals {
         }
     }
 
+    /// The position a copy added at `added` gets if it goes at the back (not older than the newest).
+    fn next_append(&self, added: Instant) -> Option<Position> {
+        match self.slots.back() {
+            Some(newest) if newest.added > added => None,
+            _ => Some(self.base + self.slots.len() as Position),
+        }
+    }
+
     /// The copy at `at`.
     fn get(&self, at: Position) -> Option<&Copy> {
         let i = usize::try_from(at.checked_sub(self.base)?).ok()?;
@@ -404,6 +413,15 @@ impl PrimaryQueue {
 
     /// Holds a copy added at `added`; returns the copy it replaces (same id), if any.
     fn add(&mut self, added: Instant, copy: Copy) -> Option<Copy> {
+        // The common case, with one hash lookup: a short id not held yet, the newest copy.
+        if let CopyId::Inline(id) = &copy.shadow_id
+            && let Some(at) = self.copies.next_append(added)
+            && let Entry::Vacant(vacant) = self.index.inline.entry(id.lowercased())
+        {
+            vacant.insert(at);
+            self.copies.insert(added, copy);
+            return None;
+        }
         let replaced = self
             .index
             .remove(&copy.shadow_id)
