@@ -299,7 +299,7 @@ fn node_with_copies(copies: u64, now: Instant) -> Node {
                 primary_for: None,
                 shadow: Some(StoredCopy {
                     primary: "edge1.example".into(),
-                    shadow_id: shadow_id(i),
+                    shadow_id: shadow_id(i).into(),
                     database_id: DBID.into(),
                     at_ms: unix_ms,
                 }),

@@ -377,10 +377,7 @@ fn print_queue(dir: &Path) -> std::io::Result<()> {
     let mut copies: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
     for m in state.messages.values() {
         if let Some(copy) = &m.shadow {
-            copies
-                .entry(copy.primary.as_str())
-                .or_default()
-                .push(copy.at_ms);
+            copies.entry(&*copy.primary).or_default().push(copy.at_ms);
         }
     }
     println!(

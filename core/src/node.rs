@@ -458,7 +458,7 @@ pub enum NodeEvent {
         /// Body size in bytes.
         size: usize,
         /// The sender's shadow context when we are its primary for this message.
-        primary_for: Option<String>,
+        primary_for: Option<Arc<str>>,
     },
     /// The message was handed to a session to a next hop (an attempt starts).
     Sent {
@@ -476,7 +476,7 @@ pub enum NodeEvent {
         /// The primary holding it.
         primary: Arc<str>,
         /// The XSHADOW= id it was sent with.
-        shadow_id: String,
+        shadow_id: Arc<str>,
     },
     /// A next hop took the message; it is no longer ours.
     Delivered {
@@ -530,9 +530,9 @@ pub enum NodeEvent {
     /// A discard event is owed to a shadow server.
     DiscardQueued {
         /// The shadow's context.
-        context: String,
+        context: Arc<str>,
         /// The message's XSHADOW= id.
-        discard_id: String,
+        discard_id: Arc<str>,
     },
     /// A shadow confirmed reading discard events; they are gone.
     DiscardsConfirmed {
@@ -691,7 +691,7 @@ struct Message {
     /// The route it is being sent on (index into `routes`; `routes.len()` is `next_hops`).
     route: usize,
     /// The `XSHADOW=` id of the attempt in flight (lowercase), when we shadow.
-    shadow_id: Option<String>,
+    shadow_id: Option<Arc<str>>,
     /// The primary reported this attempt's id in an XQDISCARD reply on another connection
     /// before its 250 reached us here: once the 250 comes, there is no copy to keep.
     discarded_early: bool,
@@ -721,7 +721,7 @@ struct Outbound {
     /// Since when it has had nothing to send (for `session_linger`).
     idle_since: Option<Instant>,
     heartbeat: bool,
-    database_id: Option<String>,
+    database_id: Option<Arc<str>>,
     discard_answered: bool,
     /// Output held back until the records dropping discarded copies are durable: the next
     /// command tells the primary it may forget the events (PROTOCOL.md §5, ours).
@@ -791,7 +791,7 @@ pub struct Node {
     outputs: VecDeque<Output>,
     queued_bytes: usize,
     /// Messages in flight by the `XSHADOW=` id of their attempt (lowercase).
-    in_flight_shadow: HashMap<String, MessageId>,
+    in_flight_shadow: HashMap<Arc<str>, MessageId>,
     /// The date text of Received headers, remade once a second.
     dates: dsn::DateCache,
     /// Connections pumped or relieved of a message since `end_idle_sessions` last ran: the
@@ -1177,7 +1177,7 @@ impl Node {
     }
 
     /// A version-4 GUID in Exchange's lowercase hyphenated form, from the node's generator.
-    fn new_shadow_id(&mut self) -> String {
+    fn new_shadow_id(&mut self) -> Arc<str> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut b = [0u8; 16];
         self.rng.fill(&mut b);
@@ -1191,7 +1191,7 @@ impl Node {
             text.push(char::from(HEX[usize::from(byte >> 4)]));
             text.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
-        text
+        text.into()
     }
 
     /// Ends a state change: emits the batched records as one Persist, moves queued messages
@@ -1466,8 +1466,8 @@ impl Node {
                 context,
                 discard_id,
             }) => Some(PrimaryFor {
-                context,
-                discard_id,
+                context: context.into(),
+                discard_id: discard_id.into(),
             }),
             _ => None,
         };
@@ -1791,7 +1791,7 @@ impl Node {
             id: id.0,
             envelope,
             body: m.body.clone(),
-            shadow_id: shadow_id.clone(),
+            shadow_id: shadow_id.as_deref().map(str::to_owned),
         };
         if let Some(m) = self.messages.get_mut(&id) {
             m.attempts += 1;
@@ -1996,7 +1996,7 @@ impl Node {
         match event {
             ClientEvent::Capabilities { .. } => self.hop_succeeded(&hop),
             ClientEvent::ShadowAccepted { database_id } => {
-                o.database_id = Some(database_id.clone());
+                o.database_id = Some(database_id.as_str().into());
                 let resubmit = self.shadow.observe_database_id(&hop, &database_id);
                 self.resubmit(&hop, resubmit, ResubmitReason::DatabaseIdChanged);
             }
@@ -2008,7 +2008,7 @@ impl Node {
                 recipients,
                 ..
             } => {
-                let database_id = o.database_id.clone().unwrap_or_default();
+                let database_id = o.database_id.clone().unwrap_or_else(|| Arc::from(""));
                 let copy = shadow_id.filter(|_| shadowed).map(|s| (s, database_id));
                 self.settle(MessageId(id), &hop, None, copy, recipients);
             }
@@ -2101,7 +2101,7 @@ impl Node {
         id: MessageId,
         hop: &Arc<str>,
         whole: Option<(&Reply<'_>, bool)>,
-        copy: Option<(String, String)>,
+        copy: Option<(String, Arc<str>)>,
         refused: Vec<RecipientOutcome>,
     ) {
         let Some(m) = self.messages.get(&id) else {
@@ -2113,6 +2113,7 @@ impl Node {
         // Recipients of other routes were not sent: they travel on like retried ones.
         let sent = self.sent_recipients(m);
         let discarded_early = m.discarded_early;
+        let attempt_shadow_id = m.shadow_id.clone();
         self.land(id);
         let Some(m) = self.messages.get(&id) else {
             return;
@@ -2219,11 +2220,16 @@ impl Node {
             }
             Some((shadow_id, database_id)) => {
                 let at_ms = self.unix_ms(self.now);
+                // The attempt's id as the node made it (the session echoes it back).
+                let shadow_id = match attempt_shadow_id {
+                    Some(sid) if *sid == *shadow_id => sid,
+                    _ => Arc::from(shadow_id),
+                };
                 self.batch.push(Record::Shadowed {
                     id,
-                    primary: hop.to_string(),
-                    shadow_id: shadow_id.clone(),
-                    database_id: database_id.clone(),
+                    primary: Arc::clone(hop),
+                    shadow_id: Arc::clone(&shadow_id),
+                    database_id: Arc::clone(&database_id),
                     at_ms,
                 });
                 if let Some(m) = self.messages.get_mut(&id) {
@@ -2318,7 +2324,13 @@ impl Node {
             return;
         }
         for sid in ids {
-            let Some(&id) = self.in_flight_shadow.get(&sid.to_ascii_lowercase()) else {
+            // Ours are lowercase; a primary may answer in either case.
+            let found = if sid.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.in_flight_shadow.get(sid.to_ascii_lowercase().as_str())
+            } else {
+                self.in_flight_shadow.get(sid.as_str())
+            };
+            let Some(&id) = found else {
                 continue;
             };
             let Some(m) = self.messages.get_mut(&id) else {

@@ -96,11 +96,11 @@ pub enum Record {
         /// The node-local id of the message.
         id: MessageId,
         /// The primary that took it (its route name or host).
-        primary: String,
+        primary: Arc<str>,
         /// The shadow message id sent as `XSHADOW=`.
-        shadow_id: String,
+        shadow_id: Arc<str>,
         /// The primary's database id when it took the message.
-        database_id: String,
+        database_id: Arc<str>,
         /// When the primary said 250, in unix milliseconds.
         at_ms: u64,
     },
@@ -117,9 +117,9 @@ pub enum Record {
     /// A discard event owed to a shadow server (we are its primary).
     DiscardQueued {
         /// The shadow context the event is filed under.
-        context: String,
+        context: Arc<str>,
         /// The shadow message id the shadow gave with `XSHADOW=`.
-        discard_id: String,
+        discard_id: Arc<str>,
         /// When the event was queued, in unix milliseconds.
         at_ms: u64,
     },
@@ -138,10 +138,10 @@ pub enum Record {
 /// We are the primary for this message: when it is handled, a discard event is owed to `context`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrimaryFor {
-    /// The shadow context the shadow server gave with XSHADOW.
-    pub context: String,
+    /// The shadow context the shadow server gave with XSHADOW (shared by its messages).
+    pub context: Arc<str>,
     /// The shadow message id it gave with `XSHADOW=` on MAIL.
-    pub discard_id: String,
+    pub discard_id: Arc<str>,
 }
 
 /// What [`decode`] read: the whole records, how far they reach, and why it stopped.
@@ -316,17 +316,17 @@ fn decode_payload(payload: &[u8]) -> Option<Record> {
             primary_for: match r.u8()? {
                 0 => None,
                 1 => Some(PrimaryFor {
-                    context: r.string()?,
-                    discard_id: r.string()?,
+                    context: r.shared()?,
+                    discard_id: r.shared()?,
                 }),
                 _ => return None,
             },
         },
         TAG_SHADOWED => Record::Shadowed {
             id: MessageId(r.u64()?),
-            primary: r.string()?,
-            shadow_id: r.string()?,
-            database_id: r.string()?,
+            primary: r.shared()?,
+            shadow_id: r.shared()?,
+            database_id: r.shared()?,
             at_ms: r.u64()?,
         },
         TAG_RESUBMITTED => Record::Resubmitted {
@@ -336,8 +336,8 @@ fn decode_payload(payload: &[u8]) -> Option<Record> {
             id: MessageId(r.u64()?),
         },
         TAG_DISCARD_QUEUED => Record::DiscardQueued {
-            context: r.string()?,
-            discard_id: r.string()?,
+            context: r.shared()?,
+            discard_id: r.shared()?,
             at_ms: r.u64()?,
         },
         TAG_DISCARDS_FORGOTTEN => {
@@ -393,6 +393,11 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self) -> Option<String> {
         std::str::from_utf8(self.bytes()?).ok().map(str::to_owned)
+    }
+
+    /// A UTF-8 string blob, shared.
+    fn shared(&mut self) -> Option<Arc<str>> {
+        std::str::from_utf8(self.bytes()?).ok().map(Arc::from)
     }
 
     /// One command line blob: the exact wire bytes, CRLF included.
@@ -503,11 +508,11 @@ pub struct StoredMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCopy {
     /// The primary that took the message.
-    pub primary: String,
+    pub primary: Arc<str>,
     /// The shadow message id sent as `XSHADOW=`.
-    pub shadow_id: String,
+    pub shadow_id: Arc<str>,
     /// The primary's database id when it took the message.
-    pub database_id: String,
+    pub database_id: Arc<str>,
     /// When the primary said 250, in unix milliseconds.
     pub at_ms: u64,
 }
@@ -516,9 +521,9 @@ pub struct StoredCopy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDiscardEvent {
     /// The shadow context the event is filed under.
-    pub context: String,
+    pub context: Arc<str>,
     /// The shadow message id to report with XQDISCARD.
-    pub discard_id: String,
+    pub discard_id: Arc<str>,
     /// When the event was queued, in unix milliseconds.
     pub at_ms: u64,
 }
@@ -605,10 +610,7 @@ impl StoreState {
                     .map(|(context, id)| (context.to_ascii_lowercase(), id.as_str()))
                     .collect();
                 self.discard_events.retain(|event| {
-                    !forgotten.contains(&(
-                        event.context.to_ascii_lowercase(),
-                        event.discard_id.as_str(),
-                    ))
+                    !forgotten.contains(&(event.context.to_ascii_lowercase(), &*event.discard_id))
                 });
             }
             Record::NextMessageId { next } => {
@@ -1253,7 +1255,7 @@ mod tests {
         let left: Vec<_> = state
             .discard_events
             .iter()
-            .map(|e| (e.context.as_str(), e.discard_id.as_str(), e.at_ms))
+            .map(|e| (&*e.context, &*e.discard_id, e.at_ms))
             .collect();
         assert_eq!(
             left,
@@ -1504,17 +1506,17 @@ mod tests {
                         envelope: Arc::new(envelope),
                         body: body.into(),
                         primary_for: primary_for.map(|(context, discard_id)| PrimaryFor {
-                            context,
-                            discard_id,
+                            context: context.into(),
+                            discard_id: discard_id.into(),
                         }),
                     }
                 }),
             (any::<u64>(), text(), guid(), text(), any::<u64>()).prop_map(
                 |(id, primary, shadow_id, database_id, at_ms)| Record::Shadowed {
                     id: MessageId(id),
-                    primary,
-                    shadow_id,
-                    database_id,
+                    primary: primary.into(),
+                    shadow_id: shadow_id.into(),
+                    database_id: database_id.into(),
                     at_ms,
                 }
             ),
@@ -1522,8 +1524,8 @@ mod tests {
             any::<u64>().prop_map(|id| Record::Done { id: MessageId(id) }),
             (text(), guid(), any::<u64>()).prop_map(|(context, discard_id, at_ms)| {
                 Record::DiscardQueued {
-                    context,
-                    discard_id,
+                    context: context.into(),
+                    discard_id: discard_id.into(),
                     at_ms,
                 }
             }),
@@ -1553,15 +1555,15 @@ mod tests {
                     envelope: simple_envelope(),
                     body: body.into(),
                     primary_for: primary_for.map(|(context, discard_id)| PrimaryFor {
-                        context,
-                        discard_id
+                        context: context.into(),
+                        discard_id: discard_id.into(),
                     }),
                 }),
             (id(), prop_oneof![Just("e1"), Just("e2")], 0u64..100).prop_map(
                 |(id, primary, at_ms)| Record::Shadowed {
                     id,
                     primary: primary.into(),
-                    shadow_id: format!("g{}", id.0),
+                    shadow_id: format!("g{}", id.0).into(),
                     database_id: "db".into(),
                     at_ms,
                 }
@@ -1570,8 +1572,8 @@ mod tests {
             id().prop_map(|id| Record::Done { id }),
             (context(), discard_id(), 0u64..100).prop_map(|(context, discard_id, at_ms)| {
                 Record::DiscardQueued {
-                    context,
-                    discard_id,
+                    context: context.into(),
+                    discard_id: discard_id.into(),
                     at_ms,
                 }
             }),

@@ -248,13 +248,13 @@ mod tests {
             body: Arc::from(vec![7u8; size]),
             primary_for: id.is_multiple_of(2).then(|| PrimaryFor {
                 context: "hub".into(),
-                discard_id: format!("d{id}"),
+                discard_id: format!("d{id}").into(),
             }),
         };
         let shadowed = |id: u64| Record::Shadowed {
             id: MessageId(id),
             primary: "edge".into(),
-            shadow_id: format!("s{id}"),
+            shadow_id: format!("s{id}").into(),
             database_id: "db".into(),
             at_ms: 5,
         };

@@ -1668,7 +1668,7 @@ impl World {
         let mut copies = Vec::new();
         for (id, m) in &state.messages {
             match &m.shadow {
-                Some(copy) => copies.push((id.0, copy.primary.clone())),
+                Some(copy) => copies.push((id.0, copy.primary.to_string())),
                 None => {
                     // Keyed by the message its body came with (its own Received header).
                     let header = n

@@ -90,8 +90,8 @@ pub fn history(seed: u64, count: usize) -> Vec<Record> {
                 next_id += 1;
                 live.push(id);
                 let primary_for = rng.bool().then(|| PrimaryFor {
-                    context: format!("hub{}", rng.u8(0..3)),
-                    discard_id: format!("d{id}"),
+                    context: format!("hub{}", rng.u8(0..3)).into(),
+                    discard_id: format!("d{id}").into(),
                 });
                 Record::Accepted {
                     id: MessageId(id),
@@ -103,8 +103,8 @@ pub fn history(seed: u64, count: usize) -> Vec<Record> {
             }
             4 if !live.is_empty() => Record::Shadowed {
                 id: MessageId(live[rng.usize(0..live.len())]),
-                primary: format!("edge{}", rng.u8(0..2)),
-                shadow_id: format!("s{}", rng.u32(..)),
+                primary: format!("edge{}", rng.u8(0..2)).into(),
+                shadow_id: format!("s{}", rng.u32(..)).into(),
                 database_id: "AAAAAAAAAAAAAAAAAAAAAA==".into(),
                 at_ms: rng.u64(0..1_000_000),
             },
@@ -118,8 +118,8 @@ pub fn history(seed: u64, count: usize) -> Vec<Record> {
                 let event = (format!("Hub{}", rng.u8(0..3)), format!("e{}", rng.u32(..)));
                 events.push(event.clone());
                 Record::DiscardQueued {
-                    context: event.0,
-                    discard_id: event.1,
+                    context: event.0.into(),
+                    discard_id: event.1.into(),
                     at_ms: rng.u64(0..1_000_000),
                 }
             }
