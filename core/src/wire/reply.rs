@@ -591,6 +591,9 @@ impl ReplyReader {
     /// (the caller then drops `consumed` bytes), `Ok(None)` when more bytes are needed, `Err`
     /// when the peer sent something that is not a valid reply within the limits.
     pub fn read<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Reply<'b>, usize)>, ReplyError> {
+        if let Some(whole) = self.read_plain_line(buf) {
+            return Ok(Some(whole));
+        }
         let mut ends = LineEnds::new();
         let result = self.scan(buf, &mut ends);
         let lines = self.lines;
@@ -607,6 +610,36 @@ impl ReplyReader {
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The usual reply read at once: one line, printable ASCII, whole in `buf`, with nothing
+    /// read before it. It needs no line ends kept and one UTF-8 check of its text only.
+    /// `None` leaves anything else (and so every error) to the general reader, untouched.
+    fn read_plain_line<'b>(&self, buf: &'b [u8]) -> Option<(Reply<'b>, usize)> {
+        if self.line_start != 0 || self.scanned != 0 || self.lines != 0 || self.max_lines == 0 {
+            return None;
+        }
+        let window = buf.get(..buf.len().min(self.max_line))?;
+        let lf = memchr(b'\n', window)?;
+        let line = window.get(..lf)?.strip_suffix(b"\r")?;
+        let plain = first_flagged(line, |word| bytes_below(word, b'\r' + 1) | non_ascii(word));
+        if plain != line.len() {
+            return None;
+        }
+        let parsed = split_line(line, 1).ok().filter(|parsed| parsed.last)?;
+        let text = std::str::from_utf8(parsed.text).ok()?;
+        let (enhanced, text) = match enhanced_prefix(text, (parsed.code / 100) as u8) {
+            Some((status, rest)) => (Some(status), rest),
+            None => (None, text),
+        };
+        let mut lines = SmallVec::new();
+        lines.push(Cow::Borrowed(text));
+        let reply = Reply {
+            code: parsed.code,
+            enhanced,
+            lines,
+        };
+        Some((reply, lf + 1))
     }
 
     /// Checks new bytes; returns the length of the reply once its last line is seen.
