@@ -34,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use smallvec::SmallVec;
 use std::net::IpAddr;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -784,6 +785,8 @@ pub struct Node {
     persisting: VecDeque<(u64, AfterPersist)>,
     batch: Vec<Record>,
     batch_after: Vec<AfterPersist>,
+    /// Messages in the backlogs of all hops together.
+    backlogged: usize,
     /// An empty list kept for `flush_batch`.
     spare_after: Vec<AfterPersist>,
     delayed_acks: BTreeSet<(Instant, MessageId)>,
@@ -867,6 +870,7 @@ impl Node {
             batch: Vec::new(),
             batch_after: Vec::new(),
             spare_after: Vec::new(),
+            backlogged: 0,
             delayed_acks: BTreeSet::new(),
             ack_conn: HashMap::default(),
             outputs: VecDeque::new(),
@@ -1614,6 +1618,7 @@ impl Node {
                     }
                     if let Some(h) = self.hops.get_mut(&*hop) {
                         h.backlog.push_back(id);
+                        self.backlogged += 1;
                     }
                 }
                 Err(Some(retry_at)) => {
@@ -1625,14 +1630,23 @@ impl Node {
                 }
             }
         }
-        let hops: SmallVec<[Arc<str>; 4]> = self
-            .hops
-            .iter()
-            .filter(|(_, h)| !h.backlog.is_empty())
-            .map(|(name, _)| Arc::clone(name))
-            .collect();
-        for hop in hops {
+        // Hops with a backlog, in name order (found one at a time: `fill_hop` changes them).
+        let mut last: Option<Arc<str>> = None;
+        while self.backlogged > 0 {
+            let mut rest = match &last {
+                None => self.hops.range::<str, _>(..),
+                Some(k) => self
+                    .hops
+                    .range::<str, _>((Bound::Excluded(&**k), Bound::Unbounded)),
+            };
+            let Some(hop) = rest
+                .find(|(_, h)| !h.backlog.is_empty())
+                .map(|(name, _)| Arc::clone(name))
+            else {
+                break;
+            };
             self.fill_hop(&hop);
+            last = Some(hop);
         }
         self.end_idle_sessions();
     }
@@ -1746,6 +1760,7 @@ impl Node {
                     let Some(id) = h.backlog.pop_front() else {
                         break;
                     };
+                    self.backlogged -= 1;
                     if let Some(m) = self.messages.get_mut(&id) {
                         m.state = MessageState::InFlight(conn);
                         o.messages.push(id);
@@ -1826,6 +1841,9 @@ impl Node {
         let now = self.now;
         let linger = self.config.session_linger;
         let max_msgs = self.config.max_messages_per_session.max(1);
+        if self.touched.is_empty() {
+            return;
+        }
         let mut touched = std::mem::take(&mut self.touched);
         // In connection order, whatever order they were touched in.
         touched.sort_unstable();
@@ -1947,6 +1965,7 @@ impl Node {
             h.down_until = Some(now + backoff);
             // Its waiting messages try another hop.
             let backlog: Vec<MessageId> = h.backlog.drain(..).collect();
+            self.backlogged -= backlog.len();
             for id in backlog {
                 self.queue.insert((now, id));
             }
