@@ -452,10 +452,8 @@ pub enum NodeEvent {
     Received {
         /// Our id for it.
         id: MessageId,
-        /// The reverse-path.
-        from: String,
-        /// How many recipients.
-        recipients: usize,
+        /// Sender, recipients and parameters (shared with the queued message).
+        envelope: Arc<Envelope>,
         /// Body size in bytes.
         size: usize,
         /// The sender's shadow context when we are its primary for this message.
@@ -555,16 +553,15 @@ impl std::fmt::Display for NodeEvent {
         match self {
             Self::Received {
                 id,
-                from,
-                recipients,
+                envelope,
                 size,
                 primary_for,
             } => {
-                write!(
-                    f,
-                    "received id={} from=<{from}> recipients={recipients} size={size}",
-                    id.0
-                )?;
+                write!(f, "received id={} from=<", id.0)?;
+                if let Some(m) = envelope.from.mailbox() {
+                    write!(f, "{m}")?;
+                }
+                write!(f, "> recipients={} size={size}", envelope.recipients.len())?;
                 if let Some(context) = primary_for {
                     write!(f, " primary_for={context}")?;
                 }
@@ -809,20 +806,6 @@ fn status(class: u8, subject: u16, detail: u16) -> Option<EnhancedStatus> {
 
 fn insufficient_storage() -> Reply<'static> {
     Reply::new(452, status(4, 3, 1), "Insufficient system storage")
-}
-
-fn path_text(from: &ReversePath<'_>) -> String {
-    match from.mailbox() {
-        Some(m) => {
-            // Built in one allocation (formatting would grow the string several times).
-            let mut text = String::with_capacity(m.local_part.len() + 1 + m.domain.len());
-            text.push_str(&m.local_part);
-            text.push('@');
-            text.push_str(&m.domain);
-            text
-        }
-        None => String::new(),
-    }
 }
 
 impl Node {
@@ -1536,8 +1519,7 @@ impl Node {
                 }
                 let event = NodeEvent::Received {
                     id,
-                    from: path_text(&m.envelope.from),
-                    recipients: m.envelope.recipients.len(),
+                    envelope: Arc::clone(&m.envelope),
                     size: m.body.len(),
                     primary_for: m.primary_for.as_ref().map(|p| p.context.clone()),
                 };
