@@ -865,6 +865,11 @@ impl ServerSession {
                     self.error(&reply(554, enhanced(5, 5, 1), "No valid recipients"))
                 }
                 Some(_) => {
+                    if let Some(t) = self.transaction.as_mut() {
+                        // The declared size, when given, saves growing the body step by step.
+                        let hint = t.envelope.params.size.unwrap_or(0);
+                        reserve_body(&mut t.body, hint, self.config.max_message_size);
+                    }
                     self.send(&reply(
                         354,
                         None,
@@ -887,6 +892,8 @@ impl ServerSession {
                 };
                 if let Some(t) = self.transaction.as_mut().filter(|_| refusal.is_none()) {
                     t.bdat_started = true;
+                    // A chunk that arrives in several reads is copied once, not regrown.
+                    reserve_body(&mut t.body, size, self.config.max_message_size);
                 }
                 let chunk = BdatChunk::new(size, last);
                 self.mode = Mode::Bdat { chunk, refusal };
@@ -1195,6 +1202,18 @@ impl ServerSession {
             ServerEvent::MessageComplete(Box::new(message)),
         );
     }
+}
+
+/// Most bytes a body is grown by ahead of its content, whatever size the client announced:
+/// an announcement costs the client nothing, so it may not reserve much memory.
+const MAX_BODY_RESERVE: u64 = 1 << 20;
+
+/// Makes room in `body` for `announced` more bytes (a declared SIZE or a BDAT chunk size),
+/// within the message size limit and [`MAX_BODY_RESERVE`].
+fn reserve_body(body: &mut Vec<u8>, announced: u64, max_message_size: u64) {
+    let room = max_message_size.saturating_sub(body.len() as u64);
+    let extra = announced.min(room).min(MAX_BODY_RESERVE);
+    body.reserve(usize::try_from(extra).unwrap_or(0));
 }
 
 fn size_exceeded() -> Reply<'static> {
