@@ -125,7 +125,7 @@ enum Host {
 }
 
 enum Ev {
-    Deliver { to: End, data: Vec<u8> },
+    Deliver { from: usize, to: End, data: Vec<u8> },
     Closed { to: End },
     Connected { host: usize, conn: ConnId },
     Persisted { host: usize, token: u64 },
@@ -282,12 +282,16 @@ impl Graph {
     fn event(&mut self, ev: Ev) {
         let now = self.now;
         match ev {
-            Ev::Deliver { to, data } => {
+            Ev::Deliver { from, to, data } => {
                 // Bytes for a connection closed on the way are lost with it.
                 if self.links.contains_key(&to) {
                     self.deliver(to, &data);
                 }
-                self.recycle(data);
+                // A node's buffer goes back to it (as a binding that has written it does).
+                match &mut self.hosts[from] {
+                    Host::Node(node) => node.recycle(data),
+                    _ => self.recycle(data),
+                }
             }
             Ev::Closed { to } => match &mut self.hosts[to.host] {
                 Host::Node(node) => {
@@ -464,7 +468,11 @@ impl Graph {
 
     fn transmit(&mut self, host: usize, conn: u64, data: Vec<u8>) {
         match self.links.get(&End { host, conn }) {
-            Some(&to) => self.queue.push_back(Ev::Deliver { to, data }),
+            Some(&to) => self.queue.push_back(Ev::Deliver {
+                from: host,
+                to,
+                data,
+            }),
             None => self.recycle(data),
         }
     }

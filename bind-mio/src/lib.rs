@@ -401,6 +401,8 @@ impl Driver {
                         c.out.extend_from_slice(&data);
                         self.flush(conn);
                     }
+                    // Copied out: the node may fill the buffer again.
+                    self.node.recycle(data);
                 }
                 Output::Close(conn) => {
                     if let Some(c) = self.conns.get_mut(&conn) {

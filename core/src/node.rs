@@ -60,6 +60,10 @@ use crate::wire::reply::{EnhancedStatus, Reply};
 /// same hop (when `max_connections_per_hop` allows).
 const SESSION_DEPTH: usize = 16;
 
+/// How many transmit buffers [`Node::recycle`] keeps, and the largest it keeps.
+const SPARE_BUFFERS: usize = 16;
+const SPARE_BUFFER_MAX: usize = 64 * 1024;
+
 /// A connection, inbound or outbound, named by the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
@@ -784,6 +788,8 @@ pub struct Node {
     batch_after: Vec<AfterPersist>,
     /// Messages in the backlogs of all hops together.
     backlogged: usize,
+    /// Transmit buffers the driver gave back ([`Node::recycle`]).
+    spare_buffers: Vec<Vec<u8>>,
     /// An empty list kept for `flush_batch`.
     spare_after: Vec<AfterPersist>,
     delayed_acks: BTreeSet<(Instant, MessageId)>,
@@ -854,6 +860,7 @@ impl Node {
             batch_after: Vec::new(),
             spare_after: Vec::new(),
             backlogged: 0,
+            spare_buffers: Vec::new(),
             delayed_acks: BTreeSet::new(),
             ack_conn: HashMap::default(),
             outputs: VecDeque::new(),
@@ -1099,6 +1106,16 @@ impl Node {
         self.outputs.pop_front()
     }
 
+    /// Gives back the buffer of a [`Output::Transmit`] once its bytes are written (optional):
+    /// the node fills it again instead of allocating one. A few modest buffers are kept; the
+    /// rest are dropped.
+    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.spare_buffers.len() < SPARE_BUFFERS && buffer.capacity() <= SPARE_BUFFER_MAX {
+            buffer.clear();
+            self.spare_buffers.push(buffer);
+        }
+    }
+
     /// A snapshot of the queues.
     pub fn stats(&self) -> NodeStats {
         let mut stats = NodeStats {
@@ -1286,7 +1303,7 @@ impl Node {
             }
             // Bytes for this connection join its Transmit when that is the last output still
             // waiting (one write, one read at the peer, one buffer), else start a new one.
-            let mut fresh = Vec::new();
+            let mut fresh = self.spare_buffers.pop().unwrap_or_default();
             let data = match self.outputs.back_mut() {
                 Some(Output::Transmit { conn: c, data }) if *c == conn => data,
                 _ => &mut fresh,
@@ -1316,6 +1333,8 @@ impl Node {
             if !fresh.is_empty() {
                 self.outputs
                     .push_back(Output::Transmit { conn, data: fresh });
+            } else if fresh.capacity() > 0 {
+                self.spare_buffers.push(fresh);
             }
             if !progressed {
                 if closed {
@@ -2565,6 +2584,32 @@ mod tests {
             .collect();
         assert_eq!(closed, [conns[0]]);
         assert_eq!(node.stats().connections, 0);
+    }
+
+    #[test]
+    fn a_recycled_buffer_carries_the_next_transmit() {
+        let t0 = Instant::now();
+        let mut node = Node::new(NodeConfig::new("edge.example"), 1, t0, 1_796_400_103_000);
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let kept = Vec::with_capacity(4096);
+        let address = kept.as_ptr();
+        node.recycle(kept);
+        // Too big to keep: dropped.
+        node.recycle(Vec::with_capacity(SPARE_BUFFER_MAX + 1));
+        node.accept(peer, t0);
+        let greeting = std::iter::from_fn(|| node.poll_output())
+            .find_map(|out| match out {
+                Output::Transmit { data, .. } => Some(data),
+                _ => None,
+            })
+            .expect("a greeting");
+        assert!(greeting.starts_with(b"220 "));
+        assert_eq!(
+            greeting.as_ptr(),
+            address,
+            "the greeting is written into the given buffer"
+        );
+        assert!(node.spare_buffers.is_empty());
     }
 
     #[test]
