@@ -1187,15 +1187,19 @@ impl Node {
         self.rng.fill(&mut b);
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
-        let mut text = String::with_capacity(36);
+        let mut text = [0u8; 36];
+        let mut at = 0;
         for (i, byte) in b.iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                text.push('-');
+                text[at] = b'-';
+                at += 1;
             }
-            text.push(char::from(HEX[usize::from(byte >> 4)]));
-            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+            text[at] = HEX[usize::from(byte >> 4)];
+            text[at + 1] = HEX[usize::from(byte & 0x0f)];
+            at += 2;
         }
-        text.into()
+        // Hex digits and hyphens: ASCII, so always UTF-8.
+        std::str::from_utf8(&text).map_or_else(|_| Arc::from(""), Arc::from)
     }
 
     /// Ends a state change: emits the batched records as one Persist, moves queued messages
