@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use xshadow::core::Bytes;
 use xshadow::core::node::{ConnId, Input, Node, NodeConfig, NodeEvent, Output};
 use xshadow::core::session::{
     ClientConfig, ClientEvent, ClientSession, OutboundMessage, ServerConfig, ServerSession,
@@ -549,7 +550,7 @@ impl Scenario {
         max_conns: Option<usize>,
     ) -> Self {
         let body = message_body(size);
-        let shared: Arc<[u8]> = body.clone().into();
+        let shared = Bytes::from(body.clone());
         let messages = (0..MESSAGES as u64)
             .map(|id| OutboundMessage {
                 id,

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use xshadow::core::Bytes;
 use xshadow::core::node::{Node, NodeConfig};
 use xshadow::core::session::{
     ClientConfig, ClientEvent, ClientSession, OutboundMessage, ServerConfig, ServerSession,
@@ -84,7 +85,7 @@ impl Scenario {
         } else {
             ShadowOffer::None
         };
-        let body: Arc<[u8]> = message_body(size).into();
+        let body = Bytes::from(message_body(size));
         let messages = (0..MESSAGES as u64)
             .map(|id| OutboundMessage {
                 id,
@@ -279,7 +280,7 @@ fn node_with_copies(copies: u64, now: Instant) -> Node {
     let mut config = NodeConfig::new("hub.example");
     config.next_hops = vec!["edge1.example".into()];
     config.shadow_next_hops = true;
-    let body: Arc<[u8]> = message_body(KIB).into();
+    let body = Bytes::from(message_body(KIB));
     let unix_ms = 1_796_400_103_000;
     let mut state = StoreState {
         database_id: Some("aHViZGF0YWJhc2VpZDAwMQ==".into()),

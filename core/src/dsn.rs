@@ -3,6 +3,7 @@
 //!
 //! Wall-clock time comes in as Unix milliseconds; nothing here reads a clock.
 
+use smallvec::SmallVec;
 use std::fmt::Write as _;
 
 use crate::session::Envelope;
@@ -90,6 +91,28 @@ pub struct Trace<'a> {
 /// The message as a node stores it: its `Received:` header, then `body` unchanged, in one
 /// buffer.
 pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
+    let header = received(trace);
+    let mut out = Vec::with_capacity(header.len() + body.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    out
+}
+
+/// [`prepend_received`] in place: the header goes in front of `body`, which moves up within
+/// its buffer (no new buffer when it has the room).
+pub fn insert_received(trace: &Trace<'_>, mut body: Vec<u8>) -> Vec<u8> {
+    let header = received(trace);
+    let (h, n) = (header.len(), body.len());
+    // Grow by the header's length, move the body up, write the header in front.
+    body.extend_from_slice(&header);
+    body.copy_within(..n, h);
+    body[..h].copy_from_slice(&header);
+    body
+}
+
+/// The `Received:` header with its CRLF (on the stack unless names are long).
+fn received(trace: &Trace<'_>) -> SmallVec<[u8; 256]> {
+    let mut out = SmallVec::new();
     let Trace {
         by,
         helo,
@@ -99,8 +122,6 @@ pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
         date,
     } = *trace;
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out =
-        Vec::with_capacity(120 + helo.len() + peer.len() + by.len() + date.len() + body.len());
     out.extend_from_slice(b"Received: from ");
     out.extend_from_slice(helo.as_bytes());
     out.extend_from_slice(b" (");
@@ -119,7 +140,6 @@ pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b";\r\n\t");
     out.extend_from_slice(date.as_bytes());
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
     out
 }
 
@@ -252,6 +272,32 @@ mod tests {
                 "Received: from hub.example (192.0.2.7)\r\n\tby edge1.example (xshadow) with ESMTP id 000000000000002a\r\n\tfor <bob@example.net>;\r\n\t{}\r\nSubject: x\r\n\r\nbody\r\n",
                 rfc5322_date(1_796_400_103_000)
             )
+        );
+    }
+
+    #[test]
+    fn the_header_goes_in_front_in_place_when_the_buffer_has_room() {
+        let to = ForwardPath::Mailbox(crate::wire::path::Mailbox::new("bob", "example.net"));
+        let date = DateCache::default().get(1_796_400_103_000).to_owned();
+        let trace = Trace {
+            by: "edge1.example",
+            helo: "hub.example",
+            peer: "192.0.2.7",
+            id: 0x2a,
+            for_one: Some(&to),
+            date: &date,
+        };
+        let body = b"Subject: x\r\n\r\nbody\r\n";
+        let mut roomy = Vec::with_capacity(body.len() + 256);
+        roomy.extend_from_slice(body);
+        let address = roomy.as_ptr();
+        let stored = insert_received(&trace, roomy);
+        assert_eq!(stored, prepend_received(&trace, body));
+        assert_eq!(stored.as_ptr(), address, "no new buffer");
+        // Without room it still comes out right.
+        assert_eq!(
+            insert_received(&trace, body.to_vec()),
+            prepend_received(&trace, body)
         );
     }
 

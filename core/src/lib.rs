@@ -31,3 +31,6 @@ pub mod session;
 pub mod shadow;
 pub mod store;
 pub mod wire;
+
+/// The buffer type of message bodies: shared, sliced and handed on without copying.
+pub use bytes::Bytes;

@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use bytes::Bytes;
 use smallvec::SmallVec;
 use std::net::IpAddr;
 use std::ops::Bound;
@@ -684,7 +685,7 @@ struct Message {
     at: Instant,
     /// Shared with its `Accepted` record and with the sessions that carry it.
     envelope: Arc<Envelope>,
-    body: Arc<[u8]>,
+    body: Bytes,
     primary_for: Option<PrimaryFor>,
     state: MessageState,
     attempts: u32,
@@ -970,7 +971,7 @@ impl Node {
             for_one: None,
             date: self.dates.get(unix_ms),
         };
-        let body: Arc<[u8]> = dsn::prepend_received(&trace, body).into();
+        let body = Bytes::from(dsn::prepend_received(&trace, body));
         self.accept_message(id, Arc::new(envelope), body, None, None);
         self.finish_step();
         id
@@ -1470,7 +1471,7 @@ impl Node {
             for_one: one,
             date: self.dates.get(unix_ms),
         };
-        let body: Arc<[u8]> = dsn::prepend_received(&trace, &message.body).into();
+        let body = Bytes::from(dsn::insert_received(&trace, message.body));
         let primary_for = match message.shadow {
             Some(ShadowTag::Primary {
                 context,
@@ -1492,7 +1493,7 @@ impl Node {
         &mut self,
         id: MessageId,
         envelope: Arc<Envelope>,
-        body: Arc<[u8]>,
+        body: Bytes,
         primary_for: Option<PrimaryFor>,
         conn: Option<ConnId>,
     ) {

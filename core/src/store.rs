@@ -45,6 +45,7 @@
 //! [`MAX_RECORD_LEN`] (bound message sizes well below it), and an envelope is one the SMTP
 //! codec reads back (every envelope built from parsed MAIL / RCPT commands is).
 
+use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -87,7 +88,7 @@ pub enum Record {
         /// Sender, recipients and their parameters (shared with the node's message).
         envelope: Arc<Envelope>,
         /// The message content, as received (not dot-stuffed).
-        body: Arc<[u8]>,
+        body: Bytes,
         /// Set when we are the primary for this message and owe its shadow a discard event.
         primary_for: Option<PrimaryFor>,
     },
@@ -312,7 +313,7 @@ fn decode_payload(payload: &[u8]) -> Option<Record> {
             id: MessageId(r.u64()?),
             at_ms: r.u64()?,
             envelope: Arc::new(r.envelope()?),
-            body: Arc::from(r.bytes()?),
+            body: Bytes::copy_from_slice(r.bytes()?),
             primary_for: match r.u8()? {
                 0 => None,
                 1 => Some(PrimaryFor {
@@ -497,7 +498,7 @@ pub struct StoredMessage {
     /// Sender, recipients and their parameters.
     pub envelope: Arc<Envelope>,
     /// The message content.
-    pub body: Arc<[u8]>,
+    pub body: Bytes,
     /// Set when we are the primary for this message and owe its shadow a discard event.
     pub primary_for: Option<PrimaryFor>,
     /// Set while the message is a shadow copy held for a primary.
@@ -562,7 +563,7 @@ impl StoreState {
                         id: *id,
                         at_ms: *at_ms,
                         envelope: Arc::clone(envelope),
-                        body: Arc::clone(body),
+                        body: body.clone(),
                         primary_for: primary_for.clone(),
                         shadow: None,
                     },
@@ -654,7 +655,7 @@ impl StoreState {
                 id: message.id,
                 at_ms: message.at_ms,
                 envelope: Arc::clone(&message.envelope),
-                body: Arc::clone(&message.body),
+                body: message.body.clone(),
                 primary_for: message.primary_for.clone(),
             });
             if let Some(copy) = &message.shadow {
@@ -740,7 +741,7 @@ mod tests {
             id: MessageId(id),
             at_ms: 1_700_000_000_000u64.wrapping_add(id),
             envelope,
-            body: Arc::from(body),
+            body: Bytes::copy_from_slice(body),
             primary_for: None,
         }
     }
@@ -765,14 +766,14 @@ mod tests {
                     "MAIL FROM:<alice@example.com> SIZE=2048 BODY=8BITMIME",
                     &["RCPT TO:<bob@example.net>", "RCPT TO:<postmaster>"],
                 ),
-                body: Arc::from(&b"Subject: hi\r\n\r\nhello\r\n.\r\n"[..]),
+                body: Bytes::copy_from_slice(&b"Subject: hi\r\n\r\nhello\r\n.\r\n"[..]),
                 primary_for: None,
             },
             Record::Accepted {
                 id: MessageId(2),
                 at_ms: 0,
                 envelope: envelope("MAIL FROM:<>", &["RCPT TO:<alice@example.com>"]),
-                body: Arc::from(&b""[..]),
+                body: Bytes::copy_from_slice(&b""[..]),
                 primary_for: None,
             },
             Record::Accepted {
@@ -785,7 +786,7 @@ mod tests {
                         "RCPT TO:<\"a b\"@[192.0.2.1]>",
                     ],
                 ),
-                body: Arc::from("Grüße\r\n".as_bytes()),
+                body: Bytes::copy_from_slice("Grüße\r\n".as_bytes()),
                 primary_for: None,
             },
             Record::Accepted {
@@ -799,7 +800,7 @@ mod tests {
                         "RCPT TO:<e@[IPv6:2001:db8::7]> NOTIFY=NEVER",
                     ],
                 ),
-                body: Arc::from(&[0u8, 1, 2, 0xff, b'\r', b'\n'][..]),
+                body: Bytes::copy_from_slice(&[0u8, 1, 2, 0xff, b'\r', b'\n'][..]),
                 primary_for: Some(PrimaryFor {
                     context: "Hub1.Example".into(),
                     discard_id: "3f2504e0-4f89-41d3-9a0c-0305e82c3301".into(),

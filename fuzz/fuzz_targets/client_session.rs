@@ -28,7 +28,6 @@
 //! largest reply and the messages, never by the bytes fed.
 #![no_main]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
@@ -179,7 +178,7 @@ fn message(id: u64, spec: u8) -> OutboundMessage {
             recipients,
         }
         .into(),
-        body: Arc::from(body),
+        body: body.into(),
         shadow_id,
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use xshadow_core::Bytes;
 use xshadow_core::session::{Envelope, Recipient};
 use xshadow_core::shadow::MessageId;
 use xshadow_core::store::Record;
@@ -73,12 +74,12 @@ fn envelope() -> Envelope {
     }
 }
 
-fn message(id: u64, body: &Arc<[u8]>, envelope: &Arc<Envelope>) -> Vec<Record> {
+fn message(id: u64, body: &Bytes, envelope: &Arc<Envelope>) -> Vec<Record> {
     vec![Record::Accepted {
         id: MessageId(id),
         at_ms: 1_700_000_000_000,
         envelope: envelope.clone(),
-        body: Arc::clone(body),
+        body: body.clone(),
         primary_for: None,
     }]
 }
@@ -97,7 +98,7 @@ fn open_loop(
     let (spool, _) = Spool::open(dir, SpoolOptions::default())?;
     let (tx, rx) = mpsc::channel();
     let handle = spool.spawn(Completions::channel(tx))?;
-    let body: Arc<[u8]> = vec![b'x'; args.size].into();
+    let body = Bytes::from(vec![b'x'; args.size]);
     let envelope = Arc::new(envelope());
     let total = args.threads * args.per_thread;
     let start = Instant::now();
@@ -142,7 +143,7 @@ fn closed_loop(
         }
         Completion::Failed(e) => panic!("spool failed: {e}"),
     }))?;
-    let body: Arc<[u8]> = vec![b'x'; args.size].into();
+    let body = Bytes::from(vec![b'x'; args.size]);
     let envelope = Arc::new(envelope());
     let start = Instant::now();
     std::thread::scope(|scope| {

@@ -211,7 +211,6 @@ pub fn open_read_only(dir: impl AsRef<Path>) -> Result<(StoreState, Recovery), S
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use xshadow_core::store::PrimaryFor;
 
@@ -245,7 +244,7 @@ mod tests {
             id: MessageId(id),
             at_ms: id,
             envelope: envelope().into(),
-            body: Arc::from(vec![7u8; size]),
+            body: vec![7u8; size].into(),
             primary_for: id.is_multiple_of(2).then(|| PrimaryFor {
                 context: "hub".into(),
                 discard_id: format!("d{id}").into(),

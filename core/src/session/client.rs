@@ -41,6 +41,7 @@ use std::mem;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use memchr::{memchr, memchr2_iter};
 
 use super::{ApiError, Envelope, FIVE_MINUTES};
@@ -292,7 +293,7 @@ pub struct OutboundMessage {
     /// so that a node hands its queued envelope over without copying it.
     pub envelope: Arc<Envelope>,
     /// The message, not dot-stuffed, normally ending in CRLF.
-    pub body: Arc<[u8]>,
+    pub body: Bytes,
     /// The `XSHADOW=` id to tag the message with when the session is shadowed.
     pub shadow_id: Option<String>,
 }
@@ -1138,9 +1139,9 @@ impl ClientSession {
         }
         self.body_block = None;
         self.rset_pending = t.mail_ok && !t.succeeded;
-        // The body goes now (an empty `Arc<[u8]>` does not allocate); the envelope, shared
+        // The body goes now (an empty `Bytes` does not allocate); the envelope, shared
         // with the caller and small, goes when the next message takes the box.
-        t.msg.body = Arc::default();
+        t.msg.body = Bytes::new();
         t.msg.shadow_id = None;
         self.spare = Some(t);
         self.proceed(now)
@@ -1601,7 +1602,7 @@ mod tests {
                     .collect(),
             }
             .into(),
-            body: Arc::from(body),
+            body: Bytes::copy_from_slice(body),
             shadow_id: shadow_id.map(str::to_owned),
         }
     }

@@ -1210,11 +1210,17 @@ const MAX_BODY_RESERVE: u64 = 1 << 20;
 
 /// Makes room in `body` for `announced` more bytes (a declared SIZE or a BDAT chunk size),
 /// within the message size limit and [`MAX_BODY_RESERVE`].
+/// The first reservation adds [`TRACE_ROOM`].
 fn reserve_body(body: &mut Vec<u8>, announced: u64, max_message_size: u64) {
     let room = max_message_size.saturating_sub(body.len() as u64);
-    let extra = announced.min(room).min(MAX_BODY_RESERVE);
+    let trace = if body.is_empty() { TRACE_ROOM } else { 0 };
+    let extra = announced.min(room).min(MAX_BODY_RESERVE) + trace;
     body.reserve(usize::try_from(extra).unwrap_or(0));
 }
+
+/// Room reserved beyond the body for the `Received:` header a relay puts in front of it, so
+/// that adding it moves the bytes in place instead of copying them to a new buffer.
+const TRACE_ROOM: u64 = 256;
 
 fn size_exceeded() -> Reply<'static> {
     reply(

@@ -2,7 +2,6 @@
 #![allow(dead_code, reason = "each test file uses a different part")]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use xshadow_core::session::{Envelope, Recipient};
@@ -68,7 +67,7 @@ pub fn accepted(id: u64, size: usize) -> Record {
         id: MessageId(id),
         at_ms: 1_700_000_000_000 + id,
         envelope: envelope().into(),
-        body: Arc::from(vec![b'x'; size]),
+        body: vec![b'x'; size].into(),
         primary_for: None,
     }
 }
@@ -97,7 +96,7 @@ pub fn history(seed: u64, count: usize) -> Vec<Record> {
                     id: MessageId(id),
                     at_ms: 1_700_000_000_000 + id,
                     envelope: envelope().into(),
-                    body: Arc::from(vec![rng.u8(..); rng.usize(0..300)]),
+                    body: vec![rng.u8(..); rng.usize(0..300)].into(),
                     primary_for,
                 }
             }
