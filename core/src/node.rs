@@ -1477,8 +1477,8 @@ impl Node {
                 context,
                 discard_id,
             }) => Some(PrimaryFor {
-                context: context.into(),
-                discard_id: discard_id.into(),
+                context,
+                discard_id,
             }),
             _ => None,
         };

@@ -22,6 +22,7 @@
 //! back every command after it. A pipelined batch therefore gets exactly the replies, in the
 //! same order, that the same commands sent one by one would get.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{ApiError, Envelope, FIVE_MINUTES, Recipient};
@@ -137,26 +138,26 @@ pub enum ShadowTag {
     /// `discard_id` for `context` (PROTOCOL.md §4).
     Primary {
         /// The shadow server's context from XSHADOW.
-        context: String,
+        context: Arc<str>,
         /// The `XSHADOW=` id of the message.
-        discard_id: String,
+        discard_id: Arc<str>,
     },
     /// Peer mode: this is a shadow copy we keep for `primary` (PROTOCOL.md §7).
     CopyFor {
         /// The primary's name from XSHADOWREQUEST.
-        primary: String,
+        primary: Arc<str>,
         /// The primary's database id from XSHADOWREQUEST.
-        database_id: String,
+        database_id: Arc<str>,
         /// The `XSHADOW=` id of the message.
-        discard_id: String,
+        discard_id: Arc<str>,
     },
 }
 
 /// A complete message, handed to the caller to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
-    /// The EHLO / HELO name the client gave.
-    pub helo: String,
+    /// The EHLO / HELO name the client gave (shared by the session's messages).
+    pub helo: Arc<str>,
     /// Sender, recipients and parameters.
     pub envelope: Envelope,
     /// The content, un-stuffed, exactly as the client meant it.
@@ -269,8 +270,8 @@ impl Waiting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Hello {
     None,
-    Helo(String),
-    Ehlo(String),
+    Helo(Arc<str>),
+    Ehlo(Arc<str>),
 }
 
 /// The shadow state of the session.
@@ -279,12 +280,12 @@ enum Shadow {
     None,
     /// XSHADOW was accepted: we are the primary for this context.
     Primary {
-        context: String,
+        context: Arc<str>,
     },
     /// XSHADOWREQUEST was accepted: we keep copies for this primary.
     CopyFor {
-        primary: String,
-        database_id: String,
+        primary: Arc<str>,
+        database_id: Arc<str>,
     },
 }
 
@@ -779,7 +780,7 @@ impl ServerSession {
         if std::mem::take(&mut self.discards_in_doubt)
             && let Shadow::Primary { context } = &self.shadow
         {
-            let context = context.clone();
+            let context = context.to_string();
             self.events
                 .push_back(ServerEvent::DiscardsConfirmed { context });
         }
@@ -940,7 +941,7 @@ impl ServerSession {
                 }
                 let context = context.into_owned();
                 self.shadow = Shadow::Primary {
-                    context: context.clone(),
+                    context: context.as_str().into(),
                 };
                 self.wait(Waiting::XShadow, ServerEvent::XShadow { context });
             }
@@ -953,8 +954,8 @@ impl ServerSession {
                 }
                 let (primary, database_id) = (primary.into_owned(), database_id.into_owned());
                 self.shadow = Shadow::CopyFor {
-                    primary: primary.clone(),
-                    database_id: database_id.clone(),
+                    primary: primary.as_str().into(),
+                    database_id: database_id.as_str().into(),
                 };
                 self.wait(
                     Waiting::XShadowRequest,
@@ -969,7 +970,7 @@ impl ServerSession {
                     return self.error(&refusal);
                 }
                 if let Shadow::Primary { context } = &self.shadow {
-                    let context = context.clone();
+                    let context = context.to_string();
                     self.wait(
                         Waiting::XqDiscard { max },
                         ServerEvent::XqDiscard { context, max },
@@ -1010,9 +1011,9 @@ impl ServerSession {
             Reply::new(250, None, self.config.hostname.as_str()).write_to(&mut self.output);
         }
         self.hello = if extended {
-            Hello::Ehlo(domain.clone())
+            Hello::Ehlo(domain.as_str().into())
         } else {
-            Hello::Helo(domain.clone())
+            Hello::Helo(domain.as_str().into())
         };
         self.events
             .push_back(ServerEvent::Hello { domain, extended });
@@ -1169,11 +1170,11 @@ impl ServerSession {
             return;
         };
         let helo = match &self.hello {
-            Hello::None => String::new(),
-            Hello::Helo(name) | Hello::Ehlo(name) => name.clone(),
+            Hello::None => Arc::from(""),
+            Hello::Helo(name) | Hello::Ehlo(name) => Arc::clone(name),
         };
         let shadow = t.envelope.params.xshadow.as_ref().and_then(|id| {
-            let discard_id = id.to_string();
+            let discard_id = Arc::<str>::from(&**id);
             match &self.shadow {
                 Shadow::None => None,
                 Shadow::Primary { context } => Some(ShadowTag::Primary {
