@@ -132,9 +132,9 @@ fn received(trace: &Trace<'_>) -> SmallVec<[u8; 256]> {
     out.extend((0..16).rev().map(|i| HEX[((id >> (4 * i)) & 0xf) as usize]));
     if let Some(ForwardPath::Mailbox(m)) = for_one {
         out.extend_from_slice(b"\r\n\tfor <");
-        out.extend_from_slice(m.local_part.as_bytes());
+        out.extend_from_slice(m.local_part().as_bytes());
         out.push(b'@');
-        out.extend_from_slice(m.domain.as_bytes());
+        out.extend_from_slice(m.domain().as_bytes());
         out.push(b'>');
     }
     out.extend_from_slice(b";\r\n\t");

@@ -1663,7 +1663,7 @@ impl Node {
         match to {
             ForwardPath::Mailbox(m) if !routes.is_empty() => routes
                 .iter()
-                .position(|r| r.serves(&m.domain))
+                .position(|r| r.serves(m.domain()))
                 .unwrap_or(routes.len()),
             _ => routes.len(),
         }

@@ -58,7 +58,7 @@ fn drive(
                 ServerEvent::MailFrom => s.accept_mail(now).unwrap(),
                 ServerEvent::RcptTo => {
                     let denied = matches!(&s.pending_recipient().unwrap().to,
-                        ForwardPath::Mailbox(m) if m.local_part == "\"denied\"");
+                        ForwardPath::Mailbox(m) if m.local_part() == "\"denied\"");
                     if denied {
                         let r =
                             Reply::new(550, Some(EnhancedStatus::new(5, 7, 1)), "Relaying denied");

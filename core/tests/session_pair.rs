@@ -116,7 +116,7 @@ impl SessionPair {
                 ServerEvent::MailFrom => self.server.accept_mail(now).unwrap(),
                 ServerEvent::RcptTo => {
                     let refused = match &self.server.pending_recipient().unwrap().to {
-                        ForwardPath::Mailbox(m) => m.local_part.starts_with("refused"),
+                        ForwardPath::Mailbox(m) => m.local_part().starts_with("refused"),
                         ForwardPath::Postmaster => false,
                     };
                     if refused {
@@ -183,7 +183,7 @@ fn message(id: u64, recipients: &[&str], body: &[u8]) -> OutboundMessage {
             recipients: recipients
                 .iter()
                 .map(|r| Recipient {
-                    to: ForwardPath::Mailbox(Mailbox::new(r.to_string(), "example.net")),
+                    to: ForwardPath::Mailbox(Mailbox::new(r, "example.net")),
                     params: RcptParams::default(),
                 })
                 .collect(),

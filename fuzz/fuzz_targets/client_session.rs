@@ -389,7 +389,7 @@ impl Wire {
                 Item::XShadow
             }
             Command::Mail { from, params } => {
-                self.current = from.mailbox().and_then(|m| id_of(&m.local_part));
+                self.current = from.mailbox().and_then(|m| id_of(m.local_part()));
                 if let Some(id) = self.current {
                     let m = messages
                         .iter()
@@ -412,7 +412,7 @@ impl Wire {
                 if let ForwardPath::Mailbox(m) = &to
                     && self.current.is_none()
                 {
-                    self.current = id_of(&m.local_part);
+                    self.current = id_of(m.local_part());
                 }
                 Item::Rcpt
             }

@@ -74,7 +74,7 @@ pub fn envelope(to: &str) -> Envelope {
         from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
         params: MailParams::default(),
         recipients: vec![Recipient {
-            to: ForwardPath::Mailbox(Mailbox::new(to.to_owned(), "example.net")),
+            to: ForwardPath::Mailbox(Mailbox::new(to, "example.net")),
             params: RcptParams::default(),
         }],
     }

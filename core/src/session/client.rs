@@ -1584,7 +1584,7 @@ mod tests {
 
     fn mailbox(address: &str) -> Mailbox<'static> {
         let (local, domain) = address.rsplit_once('@').unwrap();
-        Mailbox::new(local.to_owned(), domain.to_owned())
+        Mailbox::new(local, domain)
     }
 
     fn message(id: u64, to: &[&str], body: &[u8], shadow_id: Option<&str>) -> OutboundMessage {

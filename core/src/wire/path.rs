@@ -24,13 +24,18 @@ pub const MAX_DOMAIN: usize = 255;
 /// Longest path including its angle brackets, in bytes (RFC 5321 §4.5.3.1.3).
 pub const MAX_PATH: usize = 256;
 
-/// An address `local-part@domain` as written on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// An address `local-part@domain` as written on the wire: the local part, quoted if it was
+/// quoted on the wire, and the domain, or an address literal with its brackets
+/// (`[192.0.2.1]`).
+///
+/// Kept as the one text `local-part@domain` (borrowed from the input when parsed), so that an
+/// owned address is one allocation.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Mailbox<'a> {
-    /// The local part, quoted if it was quoted on the wire.
-    pub local_part: Cow<'a, str>,
-    /// The domain, or an address literal with its brackets (`[192.0.2.1]`).
-    pub domain: Cow<'a, str>,
+    /// `local-part@domain`.
+    text: Cow<'a, str>,
+    /// Where the `@` between the two is.
+    at: usize,
 }
 
 /// The reverse-path of `MAIL FROM:`.
@@ -62,35 +67,64 @@ pub enum PathError {
 
 impl<'a> Mailbox<'a> {
     /// An address from its parts, as they are to appear on the wire.
-    pub fn new(local_part: impl Into<Cow<'a, str>>, domain: impl Into<Cow<'a, str>>) -> Self {
+    pub fn new(local_part: impl AsRef<str>, domain: impl AsRef<str>) -> Self {
+        let (local_part, domain) = (local_part.as_ref(), domain.as_ref());
+        let mut text = String::with_capacity(local_part.len() + 1 + domain.len());
+        text.push_str(local_part);
+        text.push('@');
+        text.push_str(domain);
         Self {
-            local_part: local_part.into(),
-            domain: domain.into(),
+            text: Cow::Owned(text),
+            at: local_part.len(),
         }
+    }
+
+    /// The local part, quoted if it was quoted on the wire.
+    pub fn local_part(&self) -> &str {
+        &self.text[..self.at]
+    }
+
+    /// The domain, or an address literal with its brackets (`[192.0.2.1]`).
+    pub fn domain(&self) -> &str {
+        &self.text[self.at + 1..]
+    }
+
+    /// The whole address, `local-part@domain`.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// True when the domain is an address literal such as `[192.0.2.1]`.
     pub fn is_address_literal(&self) -> bool {
-        self.domain.starts_with('[')
+        self.domain().starts_with('[')
     }
 
     /// True when the address needs the SMTPUTF8 extension (any non-ASCII byte).
     pub fn needs_smtputf8(&self) -> bool {
-        !self.local_part.is_ascii() || !self.domain.is_ascii()
+        !self.text.is_ascii()
     }
 
     /// Copies borrowed parts so the address outlives its input.
     pub fn into_owned(self) -> Mailbox<'static> {
         Mailbox {
-            local_part: Cow::Owned(self.local_part.into_owned()),
-            domain: Cow::Owned(self.domain.into_owned()),
+            text: Cow::Owned(self.text.into_owned()),
+            at: self.at,
         }
+    }
+}
+
+impl fmt::Debug for Mailbox<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("local_part", &self.local_part())
+            .field("domain", &self.domain())
+            .finish()
     }
 }
 
 impl fmt::Display for Mailbox<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.local_part, self.domain)
+        f.write_str(&self.text)
     }
 }
 
@@ -140,9 +174,7 @@ impl ForwardPath<'_> {
 
 fn write_mailbox(m: &Mailbox<'_>, out: &mut Vec<u8>) {
     out.push(b'<');
-    out.extend_from_slice(m.local_part.as_bytes());
-    out.push(b'@');
-    out.extend_from_slice(m.domain.as_bytes());
+    out.extend_from_slice(m.text.as_bytes());
     out.push(b'>');
 }
 
@@ -196,7 +228,21 @@ fn checked_mailbox<'a>(
     {
         return Err(PathError::TooLong);
     }
-    Ok((Mailbox::new(local_part, domain), rest))
+    // Both parsers read `local-part@domain` as adjacent slices of `input`: borrow it whole.
+    let start = (local_part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
+    let end = start + local_part.len() + 1 + domain.len();
+    let mailbox = match input.get(start..end) {
+        Some(text)
+            if text.strip_suffix(domain).and_then(|t| t.strip_suffix('@')) == Some(local_part) =>
+        {
+            Mailbox {
+                text: Cow::Borrowed(text),
+                at: local_part.len(),
+            }
+        }
+        _ => Mailbox::new(local_part, domain),
+    };
+    Ok((mailbox, rest))
 }
 
 /// Local part, domain and the rest of the input after a path, as the RFC 5321 / RFC 6531

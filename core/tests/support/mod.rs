@@ -487,7 +487,7 @@ pub fn envelope_to<S: AsRef<str>>(to: &[S]) -> Envelope {
                     .split_once('@')
                     .unwrap_or((to.as_ref(), "example.net"));
                 Recipient {
-                    to: ForwardPath::Mailbox(Mailbox::new(local.to_owned(), domain.to_owned())),
+                    to: ForwardPath::Mailbox(Mailbox::new(local, domain)),
                     params: RcptParams::default(),
                 }
             })
@@ -921,7 +921,7 @@ impl World {
                                             .iter()
                                             .map(|r| match &r.to {
                                                 ForwardPath::Mailbox(m) => {
-                                                    m.local_part.clone().into_owned()
+                                                    m.local_part().to_owned()
                                                 }
                                                 ForwardPath::Postmaster => "postmaster".into(),
                                             })
