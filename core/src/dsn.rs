@@ -3,7 +3,6 @@
 //!
 //! Wall-clock time comes in as Unix milliseconds; nothing here reads a clock.
 
-use smallvec::SmallVec;
 use std::fmt::Write as _;
 
 use crate::session::Envelope;
@@ -91,9 +90,8 @@ pub struct Trace<'a> {
 /// The message as a node stores it: its `Received:` header, then `body` unchanged, in one
 /// buffer.
 pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
-    let header = received(trace);
-    let mut out = Vec::with_capacity(header.len() + body.len());
-    out.extend_from_slice(&header);
+    let mut out = Vec::with_capacity(received_len(trace) + body.len());
+    write_received(trace, &mut out);
     out.extend_from_slice(body);
     out
 }
@@ -101,7 +99,8 @@ pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
 /// [`prepend_received`] in place: the header goes in front of `body`, which moves up within
 /// its buffer (no new buffer when it has the room).
 pub fn insert_received(trace: &Trace<'_>, mut body: Vec<u8>) -> Vec<u8> {
-    let header = received(trace);
+    let mut header = Vec::with_capacity(received_len(trace));
+    write_received(trace, &mut header);
     let (h, n) = (header.len(), body.len());
     // Grow by the header's length, move the body up, write the header in front.
     body.extend_from_slice(&header);
@@ -110,9 +109,17 @@ pub fn insert_received(trace: &Trace<'_>, mut body: Vec<u8>) -> Vec<u8> {
     body
 }
 
-/// The `Received:` header with its CRLF (on the stack unless names are long).
-fn received(trace: &Trace<'_>) -> SmallVec<[u8; 256]> {
-    let mut out = SmallVec::new();
+/// An upper bound of the header's length.
+fn received_len(trace: &Trace<'_>) -> usize {
+    let for_one = match trace.for_one {
+        Some(ForwardPath::Mailbox(m)) => 10 + m.as_str().len(),
+        _ => 0,
+    };
+    80 + trace.helo.len() + trace.peer.len() + trace.by.len() + trace.date.len() + for_one
+}
+
+/// Appends the `Received:` header with its CRLF to `out`.
+fn write_received(trace: &Trace<'_>, out: &mut Vec<u8>) {
     let Trace {
         by,
         helo,
@@ -129,18 +136,19 @@ fn received(trace: &Trace<'_>) -> SmallVec<[u8; 256]> {
     out.extend_from_slice(b")\r\n\tby ");
     out.extend_from_slice(by.as_bytes());
     out.extend_from_slice(b" (xshadow) with ESMTP id ");
-    out.extend((0..16).rev().map(|i| HEX[((id >> (4 * i)) & 0xf) as usize]));
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = HEX[((id >> (4 * (15 - i))) & 0xf) as usize];
+    }
+    out.extend_from_slice(&hex);
     if let Some(ForwardPath::Mailbox(m)) = for_one {
         out.extend_from_slice(b"\r\n\tfor <");
-        out.extend_from_slice(m.local_part().as_bytes());
-        out.push(b'@');
-        out.extend_from_slice(m.domain().as_bytes());
+        out.extend_from_slice(m.as_str().as_bytes());
         out.push(b'>');
     }
     out.extend_from_slice(b";\r\n\t");
     out.extend_from_slice(date.as_bytes());
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// One recipient that could not be delivered, for a bounce.
@@ -299,6 +307,7 @@ mod tests {
             insert_received(&trace, body.to_vec()),
             prepend_received(&trace, body)
         );
+        assert!(received_len(&trace) >= prepend_received(&trace, b"").len());
     }
 
     #[test]
