@@ -92,7 +92,7 @@ impl Scenario {
                 envelope: envelope().into(),
                 body: body.clone(),
                 // As a Node does: a shadow id only when it shadows through the next hop.
-                shadow_id: shadow.then(|| shadow_id(id)),
+                shadow_id: shadow.then(|| shadow_id(id).into()),
             })
             .collect();
         Self {

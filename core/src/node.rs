@@ -1812,7 +1812,7 @@ impl Node {
             id: id.0,
             envelope,
             body: m.body.clone(),
-            shadow_id: shadow_id.as_deref().map(str::to_owned),
+            shadow_id: shadow_id.clone(),
         };
         if let Some(m) = self.messages.get_mut(&id) {
             m.attempts += 1;
@@ -2126,7 +2126,7 @@ impl Node {
         id: MessageId,
         hop: &Arc<str>,
         whole: Option<(&Reply<'_>, bool)>,
-        copy: Option<(String, Arc<str>)>,
+        copy: Option<(Arc<str>, Arc<str>)>,
         refused: Vec<RecipientOutcome>,
     ) {
         let Some(m) = self.messages.get(&id) else {
@@ -2138,7 +2138,6 @@ impl Node {
         // Recipients of other routes were not sent: they travel on like retried ones.
         let sent = self.sent_recipients(m);
         let discarded_early = m.discarded_early;
-        let attempt_shadow_id = m.shadow_id.clone();
         self.land(id);
         let Some(m) = self.messages.get(&id) else {
             return;
@@ -2245,11 +2244,6 @@ impl Node {
             }
             Some((shadow_id, database_id)) => {
                 let at_ms = self.unix_ms(self.now);
-                // The attempt's id as the node made it (the session echoes it back).
-                let shadow_id = match attempt_shadow_id {
-                    Some(sid) if *sid == *shadow_id => sid,
-                    _ => Arc::from(shadow_id),
-                };
                 self.batch.push(Record::Shadowed {
                     id,
                     primary: Arc::clone(hop),

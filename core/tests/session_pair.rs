@@ -190,7 +190,7 @@ fn message(id: u64, recipients: &[&str], body: &[u8]) -> OutboundMessage {
         }
         .into(),
         body: xshadow_core::Bytes::copy_from_slice(body),
-        shadow_id: Some(format!("00000000-0000-4000-8000-{id:012}")),
+        shadow_id: Some(format!("00000000-0000-4000-8000-{id:012}").into()),
     }
 }
 

@@ -179,7 +179,7 @@ fn message(id: u64, spec: u8) -> OutboundMessage {
         }
         .into(),
         body: body.into(),
-        shadow_id,
+        shadow_id: shadow_id.map(Into::into),
     }
 }
 
@@ -402,7 +402,7 @@ impl Wire {
                     let want = usable.filter(|_| s.is_shadowed());
                     assert_eq!(
                         params.xshadow.as_deref(),
-                        want.map(String::as_str),
+                        want.map(|w| &**w),
                         "XSHADOW= on message {id}"
                     );
                 }

@@ -295,7 +295,7 @@ pub struct OutboundMessage {
     /// The message, not dot-stuffed, normally ending in CRLF.
     pub body: Bytes,
     /// The `XSHADOW=` id to tag the message with when the session is shadowed.
-    pub shadow_id: Option<String>,
+    pub shadow_id: Option<Arc<str>>,
 }
 
 /// A recipient the peer refused, with its reply.
@@ -426,7 +426,7 @@ pub enum ClientEvent {
         /// True when it was sent with `XSHADOW=` on a shadowed session: keep the shadow copy.
         shadowed: bool,
         /// The shadow id it was sent with (`Some` exactly when `shadowed`).
-        shadow_id: Option<String>,
+        shadow_id: Option<Arc<str>>,
         /// The final reply.
         reply: Reply<'static>,
         /// The recipients the peer refused (the others were accepted).
@@ -1283,7 +1283,7 @@ impl ClientSession {
             if shadow_id.is_empty() || shadow_id.len() > MAX_SHADOW_FIELD {
                 return Err((id, Reply::invalid_arguments()));
             }
-            params.xshadow = Some(Cow::Borrowed(shadow_id.as_str()));
+            params.xshadow = Some(Cow::Borrowed(&**shadow_id));
         }
         let shadowed = params.xshadow.is_some();
         let mut spare = self.spare.take();
@@ -1603,7 +1603,7 @@ mod tests {
             }
             .into(),
             body: Bytes::copy_from_slice(body),
-            shadow_id: shadow_id.map(str::to_owned),
+            shadow_id: shadow_id.map(Arc::from),
         }
     }
 
