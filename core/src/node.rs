@@ -2287,7 +2287,8 @@ impl Node {
     /// Queues a discard event for the shadow that sent us a message we have now handled.
     fn owe_discard(&mut self, pf: PrimaryFor) {
         let at_ms = self.unix_ms(self.now);
-        self.ledger.record(&pf.context, &pf.discard_id, self.now);
+        self.ledger
+            .record_shared(&pf.context, Arc::clone(&pf.discard_id), self.now);
         self.outputs
             .push_back(Output::Event(NodeEvent::DiscardQueued {
                 context: pf.context.clone(),

@@ -127,7 +127,7 @@ pub enum Record {
     /// Discard events the shadow confirmed reading, or that expired: forget them.
     DiscardsForgotten {
         /// The events as (context, discard_id) pairs.
-        events: Vec<(String, String)>,
+        events: Vec<(Arc<str>, Arc<str>)>,
     },
     /// Message ids below `next` are taken: a recovered node allocates from here on (written by compaction).
     NextMessageId {
@@ -347,7 +347,7 @@ fn decode_payload(payload: &[u8]) -> Option<Record> {
             // pair consumes at least eight bytes, so the loop ends when the payload does.
             let mut events = Vec::new();
             for _ in 0..count {
-                events.push((r.string()?, r.string()?));
+                events.push((r.shared()?, r.shared()?));
             }
             Record::DiscardsForgotten { events }
         }
@@ -608,7 +608,7 @@ impl StoreState {
                 }
                 let forgotten: BTreeSet<(String, &str)> = events
                     .iter()
-                    .map(|(context, id)| (context.to_ascii_lowercase(), id.as_str()))
+                    .map(|(context, id)| (context.to_ascii_lowercase(), &**id))
                     .collect();
                 self.discard_events.retain(|event| {
                     !forgotten.contains(&(event.context.to_ascii_lowercase(), &*event.discard_id))
@@ -1530,8 +1530,14 @@ mod tests {
                     at_ms,
                 }
             }),
-            prop::collection::vec((text(), text()), 0..5)
-                .prop_map(|events| Record::DiscardsForgotten { events }),
+            prop::collection::vec((text(), text()), 0..5).prop_map(|events| {
+                Record::DiscardsForgotten {
+                    events: events
+                        .into_iter()
+                        .map(|(c, id)| (c.into(), id.into()))
+                        .collect(),
+                }
+            }),
             any::<u64>().prop_map(|next| Record::NextMessageId { next }),
         ]
     }
@@ -1578,8 +1584,14 @@ mod tests {
                     at_ms,
                 }
             }),
-            prop::collection::vec((context(), discard_id()), 0..3)
-                .prop_map(|events| Record::DiscardsForgotten { events }),
+            prop::collection::vec((context(), discard_id()), 0..3).prop_map(|events| {
+                Record::DiscardsForgotten {
+                    events: events
+                        .into_iter()
+                        .map(|(c, id)| (c.into(), id.into()))
+                        .collect(),
+                }
+            }),
             (0u64..12).prop_map(|next| Record::NextMessageId { next }),
         ]
     }

@@ -56,10 +56,10 @@ const SPARE_LISTS: usize = 8;
 struct ContextEvents {
     /// The lowercased context: its key in `DiscardLedger::contexts`, shared with its events in doubt.
     key: Arc<str>,
-    /// The spelling the context was first recorded with.
-    spelling: String,
+    /// The spelling the context was first recorded with (shared by every event it reports).
+    spelling: Arc<str>,
     /// Discard ids not yet handed out (or handed out on a connection that died), oldest first.
-    pending: VecDeque<(EventKey, String)>,
+    pending: VecDeque<(EventKey, Arc<str>)>,
     /// How many of this context's events are in doubt on some connection.
     in_doubt: usize,
 }
@@ -69,14 +69,14 @@ impl ContextEvents {
     fn new(key: Arc<str>, spelling: &str) -> Self {
         Self {
             key,
-            spelling: spelling.to_owned(),
+            spelling: spelling.into(),
             pending: VecDeque::new(),
             in_doubt: 0,
         }
     }
 
     /// Adds a pending event in its place (usually the back).
-    fn insert(&mut self, key: EventKey, discard_id: String) {
+    fn insert(&mut self, key: EventKey, discard_id: Arc<str>) {
         match self.pending.back() {
             Some((newest, _)) if *newest > key => {
                 let at = self.pending.partition_point(|(k, _)| *k < key);
@@ -98,7 +98,7 @@ struct InDoubt {
     /// Lowercased context.
     context: Arc<str>,
     key: EventKey,
-    discard_id: String,
+    discard_id: Arc<str>,
 }
 
 /// Discard events per shadow context, with the events of unconfirmed XQDISCARD replies kept in doubt.
@@ -141,6 +141,11 @@ impl DiscardLedger {
 
     /// Queues a discard event: the message tagged (`context`, `discard_id`) was fully handled at `now`.
     pub fn record(&mut self, context: &str, discard_id: &str, now: Instant) {
+        self.record_shared(context, discard_id.into(), now);
+    }
+
+    /// [`record`](Self::record) of a discard id the caller already shares.
+    pub fn record_shared(&mut self, context: &str, discard_id: Arc<str>, now: Instant) {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let key = lowercase_into(context, &mut self.lowered);
@@ -153,7 +158,7 @@ impl DiscardLedger {
                     .or_insert_with(|| ContextEvents::new(key, context))
             }
         };
-        events.insert((now, seq), discard_id.to_owned());
+        events.insert((now, seq), discard_id);
     }
 
     /// Rebuilds an event from a durable record (as pending), keeping its original time.
@@ -174,7 +179,7 @@ impl DiscardLedger {
         max: usize,
         conn: u64,
         now: Instant,
-    ) -> Vec<String> {
+    ) -> Vec<Arc<str>> {
         let key = lowercase_into(context, &mut self.lowered);
         let Some(events) = self.contexts.get_mut(key) else {
             return Vec::new();
@@ -203,7 +208,7 @@ impl DiscardLedger {
             if ids.is_empty() {
                 ids.reserve_exact(max.min(events.pending.len() + 1));
             }
-            ids.push(discard_id.clone());
+            ids.push(Arc::clone(&discard_id));
             events.in_doubt += 1;
             doubt.push(InDoubt {
                 context: Arc::clone(&events.key),
@@ -221,7 +226,7 @@ impl DiscardLedger {
 
     /// The client's next command on `conn` proved its replies arrived: drops their events for good and returns them as (context, discard id).
     #[must_use = "confirmed events must be deleted from durable storage"]
-    pub fn confirm(&mut self, conn: u64) -> Vec<(String, String)> {
+    pub fn confirm(&mut self, conn: u64) -> Vec<(Arc<str>, Arc<str>)> {
         let Some(mut doubt) = self.in_doubt.remove(&conn) else {
             return Vec::new();
         };
@@ -230,13 +235,13 @@ impl DiscardLedger {
             let spelling = match self.contexts.get_mut(&event.context) {
                 Some(events) => {
                     events.in_doubt = events.in_doubt.saturating_sub(1);
-                    let spelling = events.spelling.clone();
+                    let spelling = Arc::clone(&events.spelling);
                     if events.is_empty() {
                         self.contexts.remove(&event.context);
                     }
                     spelling
                 }
-                None => event.context.as_ref().to_owned(),
+                None => Arc::clone(&event.context),
             };
             confirmed.push((spelling, event.discard_id));
         }
@@ -279,7 +284,7 @@ impl DiscardLedger {
     /// Events in doubt are left alone: they are confirmed, or pending again, soon. Cost:
     /// O(contexts) plus O(log n) per expired event.
     #[must_use = "expired events must be deleted from durable storage"]
-    pub fn expire(&mut self, now: Instant) -> Vec<(String, String)> {
+    pub fn expire(&mut self, now: Instant) -> Vec<(Arc<str>, Arc<str>)> {
         let Some(cutoff) = now.checked_sub(self.auto_discard) else {
             return Vec::new();
         };
@@ -290,7 +295,7 @@ impl DiscardLedger {
                     break;
                 }
                 if let Some((_, discard_id)) = events.pending.pop_front() {
-                    expired.push((events.spelling.clone(), discard_id));
+                    expired.push((Arc::clone(&events.spelling), discard_id));
                 }
             }
             !events.is_empty()
@@ -334,9 +339,7 @@ impl DiscardLedger {
 
     /// The contexts with events (pending or in doubt), in the spelling first seen, ordered case-insensitively.
     pub fn contexts(&self) -> impl Iterator<Item = &str> + '_ {
-        self.contexts
-            .values()
-            .map(|events| events.spelling.as_str())
+        self.contexts.values().map(|events| &*events.spelling)
     }
 
     /// How many events the ledger holds in all, pending and in doubt (O(contexts)).
@@ -373,17 +376,22 @@ mod tests {
         ledger
     }
 
-    fn pairs(context: &str, ids: &[&str]) -> Vec<(String, String)> {
+    fn pairs(context: &str, ids: &[&str]) -> Vec<(Arc<str>, Arc<str>)> {
         ids.iter()
-            .map(|id| (context.to_owned(), (*id).to_owned()))
+            .map(|id| (context.into(), (*id).into()))
             .collect()
+    }
+
+    /// Ids as text, to compare with literals.
+    fn texts(ids: Vec<Arc<str>>) -> Vec<String> {
+        ids.iter().map(|id| id.to_string()).collect()
     }
 
     #[test]
     fn events_are_handed_out_oldest_first_and_at_most_max() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a", "b", "c"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 2, 1, t0), ["a", "b"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 2, 1, t0)), ["a", "b"]);
         assert_eq!(ledger.pending(HUB), 1);
         assert_eq!(ledger.in_doubt(HUB), 2);
         assert_eq!(ledger.in_doubt_on(1), 2);
@@ -394,10 +402,10 @@ mod tests {
     fn an_unknown_context_or_an_empty_one_yields_nothing() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a"], t0);
-        assert!(ledger.take_for_reply("someone-else", 50, 1, t0).is_empty());
-        assert!(ledger.take_for_reply(HUB, 0, 1, t0).is_empty());
-        assert_eq!(ledger.take_for_reply(HUB, 50, 1, t0), ["a"]);
-        assert!(ledger.take_for_reply(HUB, 50, 1, t0).is_empty());
+        assert!(texts(ledger.take_for_reply("someone-else", 50, 1, t0)).is_empty());
+        assert!(texts(ledger.take_for_reply(HUB, 0, 1, t0)).is_empty());
+        assert_eq!(texts(ledger.take_for_reply(HUB, 50, 1, t0)), ["a"]);
+        assert!(texts(ledger.take_for_reply(HUB, 50, 1, t0)).is_empty());
         assert_eq!(ledger.in_doubt_on(1), 1);
     }
 
@@ -405,31 +413,31 @@ mod tests {
     fn a_second_connection_of_the_same_context_does_not_get_the_first_ones_ids() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a", "b", "c"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 2, 1, t0), ["a", "b"]);
-        assert_eq!(ledger.take_for_reply(HUB, 50, 2, t0), ["c"]);
-        assert!(ledger.take_for_reply(HUB, 50, 3, t0).is_empty());
+        assert_eq!(texts(ledger.take_for_reply(HUB, 2, 1, t0)), ["a", "b"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 50, 2, t0)), ["c"]);
+        assert!(texts(ledger.take_for_reply(HUB, 50, 3, t0)).is_empty());
     }
 
     #[test]
     fn confirmed_events_are_dropped_for_good() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a", "b"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 50, 1, t0), ["a", "b"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 50, 1, t0)), ["a", "b"]);
         assert_eq!(ledger.confirm(1), pairs(HUB, &["a", "b"]));
         assert!(ledger.confirm(1).is_empty());
         ledger.connection_lost(1);
         assert_eq!(ledger.total(), 0);
         assert!(ledger.is_empty());
         assert_eq!(ledger.contexts().count(), 0);
-        assert!(ledger.take_for_reply(HUB, 50, 2, t0).is_empty());
+        assert!(texts(ledger.take_for_reply(HUB, 50, 2, t0)).is_empty());
     }
 
     #[test]
     fn confirming_one_connection_leaves_the_other_in_doubt() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a", "b"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 1, 1, t0), ["a"]);
-        assert_eq!(ledger.take_for_reply(HUB, 1, 2, t0), ["b"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 1, 1, t0)), ["a"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 1, 2, t0)), ["b"]);
         assert_eq!(ledger.confirm(2), pairs(HUB, &["b"]));
         assert_eq!(ledger.in_doubt(HUB), 1);
         assert_eq!(ledger.contexts().collect::<Vec<_>>(), [HUB]);
@@ -439,28 +447,31 @@ mod tests {
     fn in_doubt_events_return_when_the_connection_dies() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a", "b", "c"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 2, 1, t0), ["a", "b"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 2, 1, t0)), ["a", "b"]);
         ledger.record(HUB, "d", t0 + secs(10));
         ledger.connection_lost(1);
         assert_eq!(ledger.in_doubt(HUB), 0);
         assert_eq!(ledger.pending(HUB), 4);
         assert!(ledger.confirm(1).is_empty());
-        assert_eq!(ledger.take_for_reply(HUB, 50, 2, t0), ["a", "b", "c", "d"]);
+        assert_eq!(
+            texts(ledger.take_for_reply(HUB, 50, 2, t0)),
+            ["a", "b", "c", "d"]
+        );
     }
 
     #[test]
     fn events_of_two_lost_connections_return_in_their_original_order() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a", "b", "c", "d"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 2, 1, t0), ["a", "b"]);
-        assert_eq!(ledger.take_for_reply(HUB, 1, 2, t0), ["c"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 2, 1, t0)), ["a", "b"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 1, 2, t0)), ["c"]);
         ledger.record(HUB, "e", t0 + secs(10));
         ledger.connection_lost(2);
-        assert_eq!(ledger.take_for_reply(HUB, 1, 3, t0), ["c"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 1, 3, t0)), ["c"]);
         ledger.connection_lost(3);
         ledger.connection_lost(1);
         assert_eq!(
-            ledger.take_for_reply(HUB, 50, 4, t0),
+            texts(ledger.take_for_reply(HUB, 50, 4, t0)),
             ["a", "b", "c", "d", "e"]
         );
     }
@@ -469,9 +480,9 @@ mod tests {
     fn a_second_batch_on_one_connection_after_confirm_continues_where_the_first_ended() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a", "b", "c"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 2, 1, t0), ["a", "b"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 2, 1, t0)), ["a", "b"]);
         assert_eq!(ledger.confirm(1).len(), 2);
-        assert_eq!(ledger.take_for_reply(HUB, 2, 1, t0), ["c"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 2, 1, t0)), ["c"]);
         assert_eq!(ledger.confirm(1), pairs(HUB, &["c"]));
         assert!(ledger.is_empty());
     }
@@ -488,7 +499,10 @@ mod tests {
             ledger.contexts().collect::<Vec<_>>(),
             ["Hub1.Example", "hub2"]
         );
-        assert_eq!(ledger.take_for_reply("hUB1.eXAMPLE", 50, 1, t0), ["a", "b"]);
+        assert_eq!(
+            texts(ledger.take_for_reply("hUB1.eXAMPLE", 50, 1, t0)),
+            ["a", "b"]
+        );
         assert_eq!(ledger.confirm(1), pairs("Hub1.Example", &["a", "b"]));
         assert_eq!(ledger.pending("HUB2"), 1);
     }
@@ -499,8 +513,8 @@ mod tests {
         let mut ledger = DiscardLedger::new(secs(100));
         ledger.record("one", "a", t0);
         ledger.record("two", "b", t0);
-        assert_eq!(ledger.take_for_reply("one", 50, 1, t0), ["a"]);
-        assert_eq!(ledger.take_for_reply("two", 50, 1, t0), ["b"]);
+        assert_eq!(texts(ledger.take_for_reply("one", 50, 1, t0)), ["a"]);
+        assert_eq!(texts(ledger.take_for_reply("two", 50, 1, t0)), ["b"]);
         ledger.connection_lost(1);
         assert_eq!(ledger.pending("one"), 1);
         assert_eq!(ledger.pending("two"), 1);
@@ -527,7 +541,10 @@ mod tests {
     fn expired_events_are_left_out_of_replies() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a", "b", "c"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 50, 1, t0 + secs(101)), ["c"]);
+        assert_eq!(
+            texts(ledger.take_for_reply(HUB, 50, 1, t0 + secs(101))),
+            ["c"]
+        );
         assert_eq!(ledger.expire(t0 + secs(101)), pairs(HUB, &["a", "b"]));
     }
 
@@ -535,7 +552,7 @@ mod tests {
     fn events_in_doubt_do_not_expire_until_they_are_pending_again() {
         let t0 = Instant::now();
         let mut ledger = ledger_with(&["a"], t0);
-        assert_eq!(ledger.take_for_reply(HUB, 50, 1, t0), ["a"]);
+        assert_eq!(texts(ledger.take_for_reply(HUB, 50, 1, t0)), ["a"]);
         assert_eq!(ledger.poll_timeout(), None);
         assert!(ledger.expire(t0 + secs(500)).is_empty());
         ledger.connection_lost(1);
@@ -552,7 +569,7 @@ mod tests {
         ledger.record("early", "b", t0 + secs(3));
         ledger.record("early", "c", t0 + secs(4));
         assert_eq!(ledger.poll_timeout(), Some(t0 + secs(103)));
-        assert_eq!(ledger.take_for_reply("early", 1, 1, t0), ["b"]);
+        assert_eq!(texts(ledger.take_for_reply("early", 1, 1, t0)), ["b"]);
         assert_eq!(ledger.poll_timeout(), Some(t0 + secs(104)));
     }
 
@@ -562,7 +579,10 @@ mod tests {
         let mut ledger = DiscardLedger::new(secs(100));
         ledger.restore(HUB, "b", t0 + secs(2));
         ledger.restore(HUB, "a", t0 + secs(1));
-        assert_eq!(ledger.take_for_reply(HUB, 50, 1, t0 + secs(2)), ["a", "b"]);
+        assert_eq!(
+            texts(ledger.take_for_reply(HUB, 50, 1, t0 + secs(2))),
+            ["a", "b"]
+        );
         assert_eq!(ledger.auto_discard(), secs(100));
     }
 
@@ -574,7 +594,7 @@ mod tests {
         assert_eq!(ledger.poll_timeout(), None);
         assert!(ledger.expire(t0 + secs(1_000_000)).is_empty());
         assert_eq!(
-            ledger.take_for_reply(HUB, 50, 1, t0 + secs(1_000_000)),
+            texts(ledger.take_for_reply(HUB, 50, 1, t0 + secs(1_000_000))),
             ["a"]
         );
     }
@@ -632,6 +652,12 @@ mod tests {
             }
         }
 
+        fn owned(v: Vec<(Arc<str>, Arc<str>)>) -> Vec<(String, String)> {
+            v.into_iter()
+                .map(|(c, id)| (c.to_string(), id.to_string()))
+                .collect()
+        }
+
         fn sorted(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
             for (context, _) in &mut v {
                 context.make_ascii_lowercase();
@@ -664,7 +690,7 @@ mod tests {
                             });
                         }
                         Op::Take(c, max, conn) => {
-                            let got = ledger.take_for_reply(CONTEXTS[c], max, conn, now);
+                            let got = texts(ledger.take_for_reply(CONTEXTS[c], max, conn, now));
                             let key = CONTEXTS[c].to_ascii_lowercase();
                             let expected: Vec<usize> = model
                                 .iter()
@@ -685,7 +711,7 @@ mod tests {
                             }
                         }
                         Op::Confirm(conn) => {
-                            let got = ledger.confirm(conn);
+                            let got = owned(ledger.confirm(conn));
                             finish(&got, &mut finished);
                             let mut expected = Vec::new();
                             for e in &mut model {
@@ -706,7 +732,7 @@ mod tests {
                         }
                         Op::Advance(ms) => now += Duration::from_millis(ms),
                         Op::Expire => {
-                            let got = ledger.expire(now);
+                            let got = owned(ledger.expire(now));
                             finish(&got, &mut finished);
                             let mut expected = Vec::new();
                             for e in &mut model {
@@ -737,11 +763,11 @@ mod tests {
                     ledger.connection_lost(conn);
                 }
                 for context in CONTEXTS {
-                    let _ = ledger.take_for_reply(context, usize::MAX, 99, now);
+                    let _ = texts(ledger.take_for_reply(context, usize::MAX, 99, now));
                 }
-                let last = ledger.confirm(99);
+                let last = owned(ledger.confirm(99));
                 finish(&last, &mut finished);
-                let expired = ledger.expire(now);
+                let expired = owned(ledger.expire(now));
                 finish(&expired, &mut finished);
                 prop_assert!(ledger.is_empty());
                 prop_assert_eq!(ledger.poll_timeout(), None);

@@ -126,6 +126,7 @@ pub fn history(seed: u64, count: usize) -> Vec<Record> {
                 let n = rng.usize(1..=events.len().min(3));
                 let forgotten = (0..n)
                     .map(|_| events.swap_remove(rng.usize(0..events.len())))
+                    .map(|(context, id)| (context.into(), id.into()))
                     .collect();
                 Record::DiscardsForgotten { events: forgotten }
             }
