@@ -31,6 +31,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// How long the node stops accepting after `accept` failed (out of file descriptors, say):
+/// retrying at once would spin; connections wait in the listen queue meanwhile.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 use xshadow_core::node::{ConnId, Input, Node, NodeStats, Output};
 use xshadow_core::session::Envelope;
 use xshadow_core::shadow::MessageId;
@@ -201,6 +205,8 @@ impl Driver {
         mut requests: mpsc::UnboundedReceiver<Request>,
     ) -> io::Result<()> {
         let mut listener = Some(listener);
+        // Set after a failed accept: no accepting until then.
+        let mut accept_paused: Option<Instant> = None;
         loop {
             self.drain()?;
             if let Some(end) = self.stopping
@@ -209,15 +215,20 @@ impl Driver {
                 break;
             }
             let deadline = self.node.poll_timeout().map(Instant::from_std);
-            let deadline = match (deadline, self.stopping) {
-                (Some(d), Some(s)) => Some(d.min(s)),
-                (d, s) => d.or(s),
-            };
+            accept_paused = accept_paused.filter(|t| *t > Instant::now());
+            let deadline = [deadline, self.stopping, accept_paused]
+                .into_iter()
+                .flatten()
+                .min();
+            let accepting = listener.is_some() && accept_paused.is_none();
             tokio::select! {
-                accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
+                accepted = async { listener.as_ref().expect("guarded").accept().await }, if accepting => {
                     match accepted {
                         Ok((stream, peer)) => self.accepted(stream, peer),
-                        Err(err) => tracing::warn!(%err, "accept failed"),
+                        Err(err) => {
+                            tracing::warn!(%err, "accept failed; pausing accepts");
+                            accept_paused = Some(Instant::now() + ACCEPT_PAUSE);
+                        }
                     }
                 }
                 Some(msg) = self.from_conns.1.recv() => self.handle_conn_message(msg),
