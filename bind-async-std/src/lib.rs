@@ -51,6 +51,10 @@ use xshadow_spool::binding::{self, open_node, spool_failed, stopped};
 pub use xshadow_spool::binding::{EventHook, Settings};
 use xshadow_spool::{Completion, Completions, SpoolHandle};
 
+/// How long the node stops accepting after `accept` failed (out of file descriptors, say):
+/// retrying at once would spin; connections wait in the listen queue meanwhile.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
 /// How long a connection task waits for its peer's close after the node closed it.
 const LINGER: Duration = Duration::from_millis(50);
 
@@ -230,6 +234,8 @@ impl Drop for Driver {
 impl Driver {
     async fn run(mut self, listener: TcpListener) -> io::Result<()> {
         let mut listener = Some(listener);
+        // Set after a failed accept: no accepting until then.
+        let mut accept_paused: Option<Instant> = None;
         let requests = self.requests.clone();
         loop {
             self.drain()?;
@@ -241,15 +247,17 @@ impl Driver {
             {
                 break;
             }
-            let deadline = match (self.node.poll_timeout(), self.stopping) {
-                (Some(d), Some(s)) => Some(d.min(s)),
-                (d, s) => d.or(s),
-            };
+            accept_paused = accept_paused.filter(|t| *t > Instant::now());
+            let deadline = [self.node.poll_timeout(), self.stopping, accept_paused]
+                .into_iter()
+                .flatten()
+                .min();
             let message = async { requests.recv().await.map_or(Wake::Timeout, Wake::Message) };
+            let paused = accept_paused.is_some();
             let accept = async {
-                match &listener {
-                    Some(l) => Wake::Accepted(l.accept().await),
-                    None => pending().await,
+                match (&listener, paused) {
+                    (Some(l), false) => Wake::Accepted(l.accept().await),
+                    _ => pending().await,
                 }
             };
             let timer = async {
@@ -272,7 +280,10 @@ impl Driver {
                     let conn = self.node.accept(peer.ip(), Instant::now());
                     self.spawn_io(conn, stream);
                 }
-                Wake::Accepted(Err(err)) => tracing::warn!(%err, "accept failed"),
+                Wake::Accepted(Err(err)) => {
+                    tracing::warn!(%err, "accept failed; pausing accepts");
+                    accept_paused = Some(Instant::now() + ACCEPT_PAUSE);
+                }
                 Wake::Timeout => self.node.handle_timeout(Instant::now()),
             }
         }
