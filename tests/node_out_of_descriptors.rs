@@ -5,10 +5,8 @@
 #[macro_use]
 mod common;
 
-use std::io::Read;
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Runtime, Scratch, XSHADOW, free_port, loopback};
 
@@ -50,31 +48,7 @@ fn a_node_out_of_descriptors_pauses_accepting_and_serves_the_waiting_clients_lat
                 .arg(&spool);
             cmd
         });
-    let greeted = |stream: &mut TcpStream| -> bool {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        matches!(stream.read(&mut buf), Ok(n) if n >= 4 && buf.starts_with(b"220 "))
-    };
-    // Far more than 64 descriptors' worth: some are accepted, the rest wait.
-    let clients: Vec<TcpStream> = (0..100)
-        .map(|_| TcpStream::connect(addr).expect("the kernel queues the connection"))
-        .collect();
-    let (mut served, mut waiting) = (Vec::new(), Vec::new());
-    for mut c in clients {
-        if greeted(&mut c) {
-            served.push(c);
-        } else {
-            waiting.push(c);
-        }
-    }
-    assert!(!served.is_empty(), "the node serves some at all");
-    assert!(
-        !waiting.is_empty(),
-        "with 64 descriptors some clients must wait (served {})",
-        served.len()
-    );
+    let crowd = common::Crowd::connect(addr, "node");
     let failures_before = node.log_text().matches("accept failed").count();
     std::thread::sleep(HOLD);
     let failures = node.log_text().matches("accept failed").count() - failures_before;
@@ -82,14 +56,5 @@ fn a_node_out_of_descriptors_pauses_accepting_and_serves_the_waiting_clients_lat
         failures <= MOST_FAILURES,
         "{failures} failed accepts logged in {HOLD:?}: the node retries without pausing"
     );
-    drop(served);
-    let deadline = Instant::now() + PATIENCE;
-    while !waiting.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} waiting clients never greeted after others hung up",
-            waiting.len()
-        );
-        waiting.retain_mut(|c| !greeted(c));
-    }
+    crowd.free_some_and_greet_the_rest(PATIENCE);
 }

@@ -263,7 +263,6 @@ on_every_runtime!(
 fn connections_waiting_while_the_sink_is_out_of_descriptors_are_served_once_some_free(
     runtime: Runtime,
 ) {
-    use std::io::Read;
     let scratch = Scratch::new(&format!("sink-nofile-{runtime}"));
     let maildir = scratch.join("maildir");
     let (_sink, addr) = common::start_server(
@@ -283,40 +282,5 @@ fn connections_waiting_while_the_sink_is_out_of_descriptors_are_served_once_some
             cmd
         },
     );
-    let greeted = |stream: &mut TcpStream| -> bool {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        matches!(stream.read(&mut buf), Ok(n) if n >= 4 && buf.starts_with(b"220 "))
-    };
-    // Far more than 64 descriptors' worth: some are accepted, the rest wait.
-    let mut clients: Vec<TcpStream> = (0..100)
-        .map(|_| TcpStream::connect(addr).expect("the kernel queues the connection"))
-        .collect();
-    let (mut served, mut waiting): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
-    for mut c in clients.drain(..) {
-        if greeted(&mut c) {
-            served.push(c);
-        } else {
-            waiting.push(c);
-        }
-    }
-    assert!(!served.is_empty(), "the sink serves some at all");
-    assert!(
-        !waiting.is_empty(),
-        "with 64 descriptors some clients must wait (served {})",
-        served.len()
-    );
-    drop(served);
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let mut left = waiting;
-    while !left.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} waiting clients never greeted after others hung up",
-            left.len()
-        );
-        left.retain_mut(|c| !greeted(c));
-    }
+    common::Crowd::connect(addr, "sink").free_some_and_greet_the_rest(PATIENCE);
 }

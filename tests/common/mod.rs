@@ -876,3 +876,59 @@ pub fn read(path: &Path) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     v
 }
+
+/// Clients of a server that runs with few file descriptors (`ulimit -n 64`).
+pub struct Crowd {
+    /// Greeted at once.
+    pub served: Vec<TcpStream>,
+    /// Left in the listen queue: no greeting yet.
+    pub waiting: Vec<TcpStream>,
+}
+
+/// True when `stream` reads a `220` greeting within 200 ms.
+pub fn greeted(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let mut buf = [0u8; 64];
+    matches!(stream.read(&mut buf), Ok(n) if n >= 4 && buf.starts_with(b"220 "))
+}
+
+impl Crowd {
+    /// Connects 100 clients, far more than 64 descriptors' worth, and sorts them; panics
+    /// unless some are served and some wait.
+    pub fn connect(addr: SocketAddr, server: &str) -> Self {
+        let (mut served, mut waiting) = (Vec::new(), Vec::new());
+        for _ in 0..100 {
+            let mut c = TcpStream::connect(addr).expect("the kernel queues the connection");
+            if greeted(&mut c) {
+                served.push(c);
+            } else {
+                waiting.push(c);
+            }
+        }
+        assert!(!served.is_empty(), "the {server} serves some at all");
+        assert!(
+            !waiting.is_empty(),
+            "with 64 descriptors some clients must wait (served {})",
+            served.len()
+        );
+        Self { served, waiting }
+    }
+
+    /// The served clients hang up; panics unless every waiting one is greeted within
+    /// `patience`.
+    pub fn free_some_and_greet_the_rest(self, patience: Duration) {
+        drop(self.served);
+        let deadline = Instant::now() + patience;
+        let mut left = self.waiting;
+        while !left.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{} waiting clients never greeted after others hung up",
+                left.len()
+            );
+            left.retain_mut(|c| !greeted(c));
+        }
+    }
+}
