@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use xshadow_core::dsn::rfc5322_date;
@@ -33,9 +33,7 @@ pub mod on_async_std;
 #[cfg(feature = "mio")]
 pub mod on_mio;
 
-/// How long a sink waits before accepting again after `accept` failed (out of descriptors,
-/// say), on every runtime.
-pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+pub(crate) use xshadow_spool::binding::ACCEPT_PAUSE;
 
 /// A Maildir (`tmp/`, `new/`, `cur/`) that messages are delivered into.
 #[derive(Debug, Clone)]

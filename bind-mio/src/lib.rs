@@ -29,21 +29,20 @@ use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use xshadow_core::node::{ConnId, Input, Node, NodeStats, Output};
 use xshadow_core::session::Envelope;
 use xshadow_core::shadow::MessageId;
+use xshadow_spool::binding::ACCEPT_PAUSE;
 use xshadow_spool::binding::{self, open_node, spool_failed, stopped};
 pub use xshadow_spool::binding::{EventHook, Settings};
 use xshadow_spool::{Completion, Completions, SpoolHandle};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-/// How long to wait before accepting again after `accept` failed.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// Connection `ConnId(n)` is registered as `Token(n + FIRST_CONN)`.
 const FIRST_CONN: usize = 2;
 /// Unwritten bytes on a connection beyond which it is not read until the peer catches up.

@@ -31,14 +31,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// How long the node stops accepting after `accept` failed (out of file descriptors, say):
-/// retrying at once would spin; connections wait in the listen queue meanwhile.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 use xshadow_core::node::{ConnId, Input, Node, NodeStats, Output};
 use xshadow_core::session::Envelope;
 use xshadow_core::shadow::MessageId;
-use xshadow_spool::binding::{self, open_node, spool_failed, stopped};
+use xshadow_spool::binding::{self, ACCEPT_PAUSE, open_node, spool_failed, stopped};
 pub use xshadow_spool::binding::{EventHook, Settings};
 use xshadow_spool::{Completion, Completions, SpoolHandle};
 

@@ -107,6 +107,11 @@ impl Settings {
     }
 }
 
+/// How long a server (node or sink, on any runtime) stops accepting after `accept` failed,
+/// out of file descriptors say: retrying at once would spin, and connections wait in the
+/// listen queue meanwhile.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
 /// The wall clock in milliseconds since the Unix epoch (0 before 1970), as `Node` takes it.
 pub fn unix_ms() -> u64 {
     SystemTime::now()
