@@ -99,13 +99,14 @@ pub fn prepend_received(trace: &Trace<'_>, body: &[u8]) -> Vec<u8> {
 /// [`prepend_received`] in place: the header goes in front of `body`, which moves up within
 /// its buffer (no new buffer when it has the room).
 pub fn insert_received(trace: &Trace<'_>, mut body: Vec<u8>) -> Vec<u8> {
-    let mut header = Vec::with_capacity(received_len(trace));
-    write_received(trace, &mut header);
-    let (h, n) = (header.len(), body.len());
-    // Grow by the header's length, move the body up, write the header in front.
-    body.extend_from_slice(&header);
-    body.copy_within(..n, h);
-    body[..h].copy_from_slice(&header);
+    // The header is written behind the body, then rotated to the front: a header of a few
+    // hundred bytes goes through a stack buffer while the body moves up once, and no
+    // buffer is allocated for it.
+    body.reserve(received_len(trace));
+    let n = body.len();
+    write_received(trace, &mut body);
+    let h = body.len() - n;
+    body.rotate_right(h);
     body
 }
 

@@ -2039,8 +2039,10 @@ impl Node {
                 recipients,
                 ..
             } => {
-                let database_id = o.database_id.clone().unwrap_or_else(|| Arc::from(""));
-                let copy = shadow_id.filter(|_| shadowed).map(|s| (s, database_id));
+                let copy = shadow_id.filter(|_| shadowed).map(|s| {
+                    let database_id = o.database_id.clone().unwrap_or_else(|| Arc::from(""));
+                    (s, database_id)
+                });
                 self.settle(MessageId(id), &hop, None, copy, recipients);
             }
             ClientEvent::MessageFailed {
