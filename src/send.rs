@@ -145,10 +145,11 @@ async fn worker(
             let envelope = Envelope {
                 from: ReversePath::Mailbox(opts.from.clone()),
                 params: MailParams::default(),
-                recipients: vec![Recipient {
+                recipients: [Recipient {
                     to: ForwardPath::Mailbox(opts.to.clone()),
                     params: RcptParams::default(),
-                }],
+                }]
+                .into(),
             };
             let message = OutboundMessage {
                 id: n,

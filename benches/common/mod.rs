@@ -66,10 +66,11 @@ pub fn envelope() -> Envelope {
     Envelope {
         from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
         params: MailParams::default(),
-        recipients: vec![Recipient {
+        recipients: [Recipient {
             to: ForwardPath::Mailbox(Mailbox::new("bob", "example.net")),
             params: RcptParams::default(),
-        }],
+        }]
+        .into(),
     }
 }
 

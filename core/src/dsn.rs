@@ -321,10 +321,11 @@ mod tests {
         Envelope {
             from,
             params: MailParams::default(),
-            recipients: vec![Recipient {
+            recipients: [Recipient {
                 to: ForwardPath::Mailbox(Mailbox::new("bob", "example.net")),
                 params: RcptParams::default(),
-            }],
+            }]
+            .into(),
         }
     }
 

@@ -48,8 +48,8 @@ use crate::dsn::{self, FailedRecipient};
 use crate::session::client::{ClientEvent, RecipientOutcome};
 use crate::session::server::ServerEvent;
 use crate::session::{
-    ClientConfig, ClientSession, Envelope, OutboundMessage, Recipient, ServerConfig, ServerSession,
-    ShadowOffer, ShadowTag,
+    ClientConfig, ClientSession, Envelope, OutboundMessage, Recipient, Recipients, ServerConfig,
+    ServerSession, ShadowOffer, ShadowTag,
 };
 use crate::shadow::{DiscardLedger, HeartbeatFailure, MessageId, ShadowConfig, ShadowQueues};
 use crate::store::{PrimaryFor, Record, StoreState};
@@ -2152,7 +2152,7 @@ impl Node {
         };
         // `taken`: `None` when the hop took every recipient (the common case, no copying).
         let (taken, retry, bounced) = if whole.is_none() && refused.is_empty() && sent.is_none() {
-            (None, Vec::new(), Vec::new())
+            (None, Recipients::new(), Vec::new())
         } else {
             #[derive(Clone)]
             enum Verdict {
@@ -2193,7 +2193,7 @@ impl Node {
                     };
                 }
             }
-            let pick = |want: fn(&Verdict) -> bool| -> Vec<Recipient> {
+            let pick = |want: fn(&Verdict) -> bool| -> Recipients {
                 m.envelope
                     .recipients
                     .iter()
@@ -2440,10 +2440,11 @@ impl Node {
             let envelope = Envelope {
                 from: ReversePath::Null,
                 params: MailParams::default(),
-                recipients: vec![Recipient {
+                recipients: [Recipient {
                     to,
                     params: RcptParams::default(),
-                }],
+                }]
+                .into(),
             };
             let bid = self.new_message_id();
             self.accept_message(bid, Arc::new(envelope), body.into(), None, None);

@@ -49,7 +49,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::session::{Envelope, Recipient};
+use crate::session::{Envelope, Recipient, Recipients};
 use crate::shadow::MessageId;
 use crate::wire::Command;
 
@@ -412,7 +412,7 @@ impl<'a> Reader<'a> {
             return None;
         };
         let count = self.u32()?;
-        let mut recipients = Vec::new();
+        let mut recipients = Recipients::new();
         for _ in 0..count {
             let Command::Rcpt { to, params } = self.command()? else {
                 return None;

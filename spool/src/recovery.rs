@@ -237,7 +237,7 @@ mod tests {
             xshadow_core::session::Envelope {
                 from: from.into_owned(),
                 params: params.into_owned(),
-                recipients: Vec::new(),
+                recipients: Default::default(),
             }
         };
         let accepted = |id: u64, size: usize| Record::Accepted {

@@ -287,10 +287,11 @@ pub fn mixed_deployment() {
         let envelope = Envelope {
             from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
             params: MailParams::default(),
-            recipients: vec![Recipient {
+            recipients: [Recipient {
                 to: ForwardPath::Mailbox(Mailbox::new(format!("bob{i}"), "example.net")),
                 params: RcptParams::default(),
-            }],
+            }]
+            .into(),
         };
         let body = format!("Subject: mixed {i}\r\nX-Tag: mixed-{i}\r\n\r\n.a dot for {i}\r\n");
         rt.block_on(handle.submit(envelope, body.into_bytes()))

@@ -73,10 +73,11 @@ pub fn envelope(to: &str) -> Envelope {
     Envelope {
         from: ReversePath::Mailbox(Mailbox::new("alice", "example.org")),
         params: MailParams::default(),
-        recipients: vec![Recipient {
+        recipients: [Recipient {
             to: ForwardPath::Mailbox(Mailbox::new(to, "example.net")),
             params: RcptParams::default(),
-        }],
+        }]
+        .into(),
     }
 }
 

@@ -16,6 +16,8 @@ pub mod sink;
 use std::fmt;
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use crate::wire::params::{MailParams, RcptParams};
 use crate::wire::path::{ForwardPath, ReversePath};
 
@@ -36,8 +38,12 @@ pub struct Envelope {
     /// The MAIL parameters (SIZE, BODY, SMTPUTF8, DSN, XSHADOW).
     pub params: MailParams<'static>,
     /// The accepted recipients, in order.
-    pub recipients: Vec<Recipient>,
+    pub recipients: Recipients,
 }
+
+/// The recipients of an envelope: one is kept inline, in the envelope's own allocation
+/// (most messages have one; a message with more spills to the heap).
+pub type Recipients = SmallVec<[Recipient; 1]>;
 
 /// One recipient of an envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ApiError, Envelope, FIVE_MINUTES, Recipient};
+use super::{ApiError, Envelope, FIVE_MINUTES, Recipient, Recipients};
 use crate::wire::body::{BdatChunk, DotReader, MessageSize};
 use crate::wire::command::{Command, CommandError};
 use crate::wire::ehlo::{EhloKeywords, EhloReply, SizeLimit};
@@ -828,7 +828,7 @@ impl ServerSession {
                     envelope: Envelope {
                         from: from.into_owned(),
                         params: params.into_owned(),
-                        recipients: Vec::new(),
+                        recipients: Recipients::new(),
                     },
                     pending_recipient: None,
                     body: Vec::new(),

@@ -54,10 +54,11 @@ pub fn envelope() -> Envelope {
     Envelope {
         from: from.into_owned(),
         params: params.into_owned(),
-        recipients: vec![Recipient {
+        recipients: [Recipient {
             to: to.into_owned(),
             params: rcpt.into_owned(),
-        }],
+        }]
+        .into(),
     }
 }
 
