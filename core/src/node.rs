@@ -52,7 +52,7 @@ use crate::session::{
     ServerSession, ShadowOffer, ShadowTag,
 };
 use crate::shadow::{DiscardLedger, HeartbeatFailure, MessageId, ShadowConfig, ShadowQueues};
-use crate::store::{PrimaryFor, Record, StoreState};
+use crate::store::{PrimaryFor, Record, Records, StoreState};
 use crate::wire::params::{MailParams, RcptParams};
 use crate::wire::path::{ForwardPath, ReversePath};
 use crate::wire::reply::{EnhancedStatus, Reply};
@@ -432,8 +432,8 @@ pub enum Output {
     Persist {
         /// Names this batch.
         token: u64,
-        /// The records.
-        records: Vec<Record>,
+        /// The records, in order (one is kept inline).
+        records: Records,
     },
     /// A state change, for logs and metrics.
     Event(NodeEvent),
@@ -785,7 +785,7 @@ pub struct Node {
     ledger: DiscardLedger,
     /// What to do once each Persist batch is durable, by its token (ascending).
     persisting: VecDeque<(u64, AfterPersist)>,
-    batch: Vec<Record>,
+    batch: Records,
     batch_after: Vec<AfterPersist>,
     /// Messages in the backlogs of all hops together.
     backlogged: usize,
@@ -857,7 +857,7 @@ impl Node {
             shadow: ShadowQueues::new(config.shadow),
             ledger: DiscardLedger::new(config.shadow.auto_discard),
             persisting: VecDeque::new(),
-            batch: Vec::new(),
+            batch: Records::new(),
             batch_after: Vec::new(),
             backlogged: 0,
             spare_buffers: Vec::new(),

@@ -46,6 +46,7 @@
 //! codec reads back (every envelope built from parsed MAIL / RCPT commands is).
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -144,6 +145,10 @@ pub struct PrimaryFor {
     /// The shadow message id it gave with `XSHADOW=` on MAIL.
     pub discard_id: Arc<str>,
 }
+
+/// The records of one `Persist` batch. One is kept inline: most batches are one message's
+/// change (two inline made every output larger and cost more than the allocations it saved).
+pub type Records = SmallVec<[Record; 1]>;
 
 /// What [`decode`] read: the whole records, how far they reach, and why it stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -144,7 +144,7 @@ pub fn open_node(settings: &Settings, now: Instant) -> io::Result<(Spool, Node)>
 pub fn persist(
     spool: Option<&SpoolHandle>,
     token: u64,
-    records: Vec<xshadow_core::store::Record>,
+    records: xshadow_core::store::Records,
 ) -> io::Result<()> {
     match spool {
         Some(spool) => spool.persist(token, records).map_err(io::Error::other),

@@ -7,7 +7,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
-use xshadow_core::store::Record;
+use xshadow_core::store::Records;
 
 use crate::error::SpoolError;
 use crate::spool::{Counters, Spool, SpoolStats};
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Completions {
 /// The queue between the handle and the thread.
 #[derive(Debug, Default)]
 struct Queue {
-    batches: Vec<(u64, Vec<Record>)>,
+    batches: Vec<(u64, Records)>,
     /// False once shutdown began or the thread stopped.
     open: bool,
     failed: Option<Arc<io::Error>>,
@@ -132,7 +132,7 @@ impl SpoolHandle {
     /// Queues `records` under `token` for the next group commit.
     ///
     /// Fails (and queues nothing) once the writer has failed or stopped.
-    pub fn persist(&self, token: u64, records: Vec<Record>) -> Result<(), SpoolError> {
+    pub fn persist(&self, token: u64, records: impl Into<Records>) -> Result<(), SpoolError> {
         let mut queue = self.shared.lock();
         if let Some(source) = &queue.failed {
             return Err(SpoolError::Failed {
@@ -145,7 +145,7 @@ impl SpoolHandle {
                 dir: self.dir.clone(),
             });
         }
-        queue.batches.push((token, records));
+        queue.batches.push((token, records.into()));
         drop(queue);
         self.shared.ready.notify_one();
         Ok(())
