@@ -45,7 +45,7 @@ use base64::Engine as _;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::dsn::{self, FailedRecipient};
-use crate::session::client::{ClientEvent, RecipientOutcome};
+use crate::session::client::{ClientEvent, DiscardIdList, RecipientOutcome};
 use crate::session::server::ServerEvent;
 use crate::session::{
     ClientConfig, ClientSession, Envelope, OutboundMessage, Recipient, Recipients, ServerConfig,
@@ -2347,7 +2347,7 @@ impl Node {
     /// Ids of an XQDISCARD reply from `hop` that name an attempt still waiting for its 250 on
     /// another connection to `hop` (the replies of two connections may arrive in either
     /// order): that message needs no copy once its 250 comes.
-    fn note_early_discards(&mut self, hop: &str, ids: &[String]) {
+    fn note_early_discards(&mut self, hop: &str, ids: &DiscardIdList) {
         if self.in_flight_shadow.is_empty() {
             return;
         }
@@ -2356,7 +2356,7 @@ impl Node {
             let found = if sid.bytes().any(|b| b.is_ascii_uppercase()) {
                 self.in_flight_shadow.get(sid.to_ascii_lowercase().as_str())
             } else {
-                self.in_flight_shadow.get(sid.as_str())
+                self.in_flight_shadow.get(sid)
             };
             let Some(&id) = found else {
                 continue;

@@ -252,7 +252,7 @@ fn a_heartbeat_session_fetches_discard_ids_and_the_edge_drops_them_after_quit() 
     assert_eq!(
         ids,
         [&ClientEvent::DiscardIds {
-            ids: vec!["id-a".into(), "id-b".into(), "id-c".into()],
+            ids: ["id-a", "id-b", "id-c"].into_iter().collect(),
             more_possible: false
         }]
     );

@@ -298,6 +298,112 @@ pub struct OutboundMessage {
     pub shadow_id: Option<Arc<str>>,
 }
 
+/// The ids of one XQDISCARD reply, oldest first, kept in one buffer: no allocation per id.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct DiscardIdList {
+    /// The ids one after the other.
+    text: String,
+    /// Where each id ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl DiscardIdList {
+    /// An empty list.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `id` at the end.
+    pub fn push(&mut self, id: &str) {
+        self.text.push_str(id);
+        self.ends.push(self.text.len());
+    }
+
+    /// How many ids there are.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The id at `index`, if there is one.
+    #[must_use]
+    pub fn get(&self, index: usize) -> Option<&str> {
+        let end = *self.ends.get(index)?;
+        let start = match index.checked_sub(1) {
+            Some(before) => *self.ends.get(before)?,
+            None => 0,
+        };
+        self.text.get(start..end)
+    }
+
+    /// The ids, oldest first.
+    #[must_use]
+    pub fn iter(&self) -> DiscardIdIter<'_> {
+        DiscardIdIter {
+            text: &self.text,
+            ends: self.ends.iter(),
+            start: 0,
+        }
+    }
+}
+
+/// The ids of a [`DiscardIdList`], oldest first.
+#[derive(Debug, Clone)]
+pub struct DiscardIdIter<'a> {
+    text: &'a str,
+    ends: std::slice::Iter<'a, usize>,
+    start: usize,
+}
+
+impl<'a> Iterator for DiscardIdIter<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let end = *self.ends.next()?;
+        let id = self.text.get(self.start..end).unwrap_or_default();
+        self.start = end;
+        Some(id)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ends.size_hint()
+    }
+}
+
+impl ExactSizeIterator for DiscardIdIter<'_> {}
+
+impl fmt::Debug for DiscardIdList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a DiscardIdList {
+    type Item = &'a str;
+    type IntoIter = DiscardIdIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for DiscardIdList {
+    fn from_iter<I: IntoIterator<Item = S>>(ids: I) -> Self {
+        let mut list = Self::new();
+        for id in ids {
+            list.push(id.as_ref());
+        }
+        list
+    }
+}
+
 /// A recipient the peer refused, with its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientOutcome {
@@ -459,7 +565,7 @@ pub enum ClientEvent {
     /// can go), oldest first.
     DiscardIds {
         /// The discard ids (possibly none).
-        ids: Vec<String>,
+        ids: DiscardIdList,
         /// True when as many ids came as were asked for: answer with `discard_more`.
         more_possible: bool,
     },
@@ -991,7 +1097,7 @@ impl ClientSession {
                 let max = self.config.xqdiscard_max;
                 let ids = reply
                     .xqdiscard_ids(max)
-                    .map(|ids| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>());
+                    .map(|ids| ids.iter().collect::<DiscardIdList>());
                 match ids {
                     Ok(ids) => {
                         let more_possible =
@@ -1527,6 +1633,28 @@ mod tests {
     /// A small 7-bit body of 22 bytes.
     const BODY: &[u8] = b"Subject: hi\r\n\r\nHello\r\n";
 
+    #[test]
+    fn a_discard_id_list_gives_back_its_ids_in_order() {
+        let list: DiscardIdList = [GUID1, "x", GUID2].into_iter().collect();
+        assert_eq!(list.len(), 3);
+        assert!(!list.is_empty());
+        assert_eq!(list.iter().collect::<Vec<_>>(), [GUID1, "x", GUID2]);
+        assert_eq!(list.iter().len(), 3);
+        assert_eq!(
+            (list.get(0), list.get(1), list.get(2)),
+            (Some(GUID1), Some("x"), Some(GUID2))
+        );
+        assert_eq!(list.get(3), None);
+        assert_eq!(
+            format!("{list:?}"),
+            format!("[{GUID1:?}, \"x\", {GUID2:?}]")
+        );
+        let empty = DiscardIdList::new();
+        assert!(empty.is_empty());
+        assert_eq!(empty.iter().next(), None);
+        assert_ne!(empty, list);
+    }
+
     /// The EHLO reply of PROTOCOL.md §9: pipelining and XSHADOW.
     const EHLO_XSHADOW: &str = "
         S: 250-edge1.example
@@ -1890,7 +2018,7 @@ mod tests {
                     recipients: vec![],
                 },
                 ClientEvent::DiscardIds {
-                    ids: vec![],
+                    ids: DiscardIdList::new(),
                     more_possible: false
                 },
                 closed_ok(),
@@ -1918,7 +2046,7 @@ mod tests {
                     database_id: DBID.into()
                 },
                 ClientEvent::DiscardIds {
-                    ids: vec![GUID1.into(), GUID2.into()],
+                    ids: [GUID1, GUID2].into_iter().collect(),
                     more_possible: false
                 },
                 closed_ok(),
@@ -2033,7 +2161,7 @@ mod tests {
         assert_eq!(
             events[2],
             ClientEvent::DiscardIds {
-                ids: vec![],
+                ids: DiscardIdList::new(),
                 more_possible: false
             }
         );
@@ -2143,11 +2271,11 @@ mod tests {
             events[2..],
             [
                 ClientEvent::DiscardIds {
-                    ids: vec![GUID1.into(), GUID2.into()],
+                    ids: [GUID1, GUID2].into_iter().collect(),
                     more_possible: true
                 },
                 ClientEvent::DiscardIds {
-                    ids: vec!["third-id".into()],
+                    ids: ["third-id"].into_iter().collect(),
                     more_possible: false
                 },
                 closed_ok(),

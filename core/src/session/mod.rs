@@ -23,7 +23,7 @@ use crate::wire::path::{ForwardPath, ReversePath};
 
 pub use client::{
     Breach, ClientConfig, ClientEvent, ClientPhase, ClientSession, ClientTimeouts, ConfigError,
-    OutboundMessage, RecipientOutcome, SessionFailure,
+    DiscardIdIter, DiscardIdList, OutboundMessage, RecipientOutcome, SessionFailure,
 };
 pub use server::{
     ReceivedMessage, ServerConfig, ServerEvent, ServerPhase, ServerSession, ServerTimeouts,

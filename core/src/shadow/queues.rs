@@ -577,15 +577,20 @@ impl ShadowQueues {
 
     /// Drops the copies named by an XQDISCARD reply from `primary`; ids matching no copy are counted.
     #[must_use]
-    pub fn discard(&mut self, primary: &str, ids: &[impl AsRef<str>]) -> Discarded {
+    pub fn discard<I>(&mut self, primary: &str, ids: I) -> Discarded
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let ids = ids.into_iter();
         let Some(queue) = self.primaries.get_mut(primary) else {
             return Discarded {
                 dropped: Vec::new(),
-                unknown: ids.len(),
+                unknown: ids.count(),
             };
         };
         let mut outcome = Discarded {
-            dropped: Vec::with_capacity(ids.len()),
+            dropped: Vec::with_capacity(ids.size_hint().0),
             unknown: 0,
         };
         for id in ids {
