@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 
 use proptest::prelude::*;
-use smallvec::smallvec;
 use xshadow_core::wire::command::{Command, Verb};
 use xshadow_core::wire::line::{Frame, LineReader};
 use xshadow_core::wire::params::{
@@ -111,9 +110,9 @@ fn vectors() -> Vec<Vector> {
                 from: from("u", "d.example"),
                 params: MailParams {
                     body: Some(BodyType::BinaryMime),
-                    other: smallvec![OtherParam {
+                    other: vec![OtherParam {
                         keyword: "AUTH".into(),
-                        value: Some("<>".into())
+                        value: Some("<>".into()),
                     }],
                     ..MailParams::default()
                 },
@@ -507,7 +506,7 @@ fn xtext_value() -> impl Strategy<Value = Cow<'static, str>> {
     "[ -~é]{1,40}".prop_map(Cow::Owned)
 }
 
-fn other_params() -> impl Strategy<Value = smallvec::SmallVec<[OtherParam<'static>; 2]>> {
+fn other_params() -> impl Strategy<Value = Vec<OtherParam<'static>>> {
     prop::collection::vec(
         ("X-[A-Z0-9]{1,6}", prop::option::of("[!-<>-~]{1,10}")),
         0..3,

@@ -7,8 +7,6 @@
 
 use std::borrow::Cow;
 
-use smallvec::SmallVec;
-
 use super::MAX_SHADOW_FIELD;
 use super::line::{bytes_below, bytes_equal, first_flagged};
 use super::xtext;
@@ -111,8 +109,9 @@ pub struct MailParams<'a> {
     pub envid: Option<Cow<'a, str>>,
     /// `XSHADOW=`: the shadow message id, xtext-decoded, 1 to 255 bytes.
     pub xshadow: Option<Cow<'a, str>>,
-    /// Every other parameter, in order.
-    pub other: SmallVec<[OtherParam<'a>; 2]>,
+    /// Every other parameter, in order (rare: an empty list costs no allocation, and the
+    /// parameters stay small to move).
+    pub other: Vec<OtherParam<'a>>,
 }
 
 /// The parameters of `RCPT TO:`.
@@ -122,8 +121,9 @@ pub struct RcptParams<'a> {
     pub notify: Option<Notify>,
     /// `ORCPT=`.
     pub orcpt: Option<Orcpt<'a>>,
-    /// Every other parameter, in order.
-    pub other: SmallVec<[OtherParam<'a>; 2]>,
+    /// Every other parameter, in order (rare: an empty list costs no allocation, and the
+    /// parameters stay small to move).
+    pub other: Vec<OtherParam<'a>>,
 }
 
 /// Splits `SP`-separated `keyword[=value]` items, checking the keyword and value grammar.
@@ -235,7 +235,7 @@ fn set_once<T>(slot: &mut Option<T>, keyword: &str, value: T) -> Result<(), Para
 }
 
 fn push_other<'a>(
-    other: &mut SmallVec<[OtherParam<'a>; 2]>,
+    other: &mut Vec<OtherParam<'a>>,
     keyword: &'a str,
     value: Option<&'a str>,
 ) -> Result<(), ParamError> {
@@ -499,9 +499,9 @@ fn write_other(other: &[OtherParam<'_>], out: &mut Vec<u8>) {
     }
 }
 
-fn own_other(other: SmallVec<[OtherParam<'_>; 2]>) -> SmallVec<[OtherParam<'static>; 2]> {
+fn own_other(other: Vec<OtherParam<'_>>) -> Vec<OtherParam<'static>> {
     if other.is_empty() {
-        return SmallVec::new();
+        return Vec::new();
     }
     other
         .into_iter()
