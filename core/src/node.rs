@@ -30,6 +30,7 @@
 //! XQDISCARD reply on one connection may name a message whose 250 is still on its way on
 //! another: that 250 then keeps no copy.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
@@ -764,6 +765,8 @@ pub struct Node {
     rng: fastrand::Rng,
     database_id: String,
     anchor: (Instant, u64),
+    /// The last `unix_ms` answer: a step asks it for the same instant several times.
+    last_unix_ms: Cell<(Instant, u64)>,
     now: Instant,
     next_conn: u64,
     next_message: u64,
@@ -838,6 +841,7 @@ impl Node {
             rng: fastrand::Rng::with_seed(seed),
             database_id: String::new(),
             anchor: (now, unix_ms),
+            last_unix_ms: Cell::new((now, unix_ms)),
             now,
             next_conn: 1,
             next_message: state.next_message_id.max(1),
@@ -1170,9 +1174,15 @@ impl Node {
     }
 
     fn unix_ms(&self, now: Instant) -> u64 {
+        let (last, last_ms) = self.last_unix_ms.get();
+        if last == now {
+            return last_ms;
+        }
         let (at, ms) = self.anchor;
         let delta = now.saturating_duration_since(at).as_millis();
-        ms.saturating_add(u64::try_from(delta).unwrap_or(u64::MAX))
+        let unix_ms = ms.saturating_add(u64::try_from(delta).unwrap_or(u64::MAX));
+        self.last_unix_ms.set((now, unix_ms));
+        unix_ms
     }
 
     fn instant_of(&self, unix_ms: u64) -> Instant {
