@@ -1428,17 +1428,17 @@ impl Node {
                 }
                 Ok(())
             }
-            ServerEvent::MessageComplete(message) => {
-                if self.queued_bytes.saturating_add(message.body.len()) > self.config.memory_budget
+            ServerEvent::MessageComplete => match s.take_message() {
+                Some(message)
+                    if self.queued_bytes.saturating_add(message.body.len())
+                        <= self.config.memory_budget =>
                 {
-                    s.message_rejected(insufficient_storage(), now)
-                } else {
-                    let message = *message;
                     let (helo, peer) = (Arc::clone(&c.helo), Arc::clone(&c.peer));
                     self.receive(conn, message, &helo, &peer);
                     Ok(())
                 }
-            }
+                _ => s.message_rejected(insufficient_storage(), now),
+            },
             ServerEvent::StartTls => {
                 // STARTTLS is not offered by nodes yet; a session never asks.
                 Ok(())

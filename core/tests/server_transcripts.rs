@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xshadow_core::session::server::{
-    CloseReason, ServerConfig, ServerEvent, ServerPhase, ServerSession, ShadowOffer, ShadowTag,
+    CloseReason, ReceivedMessage, ServerConfig, ServerEvent, ServerPhase, ServerSession,
+    ShadowOffer, ShadowTag,
 };
 use xshadow_core::wire::Reply;
 use xshadow_core::wire::path::ForwardPath;
@@ -27,6 +28,8 @@ struct Policy {
 #[derive(Default, Debug)]
 struct Observed {
     events: Vec<ServerEvent>,
+    /// The messages taken on each `MessageComplete`, in order.
+    messages: Vec<ReceivedMessage>,
     /// Ids still held by the ledger at the end (returned ones leave only when confirmed).
     ledger: Vec<String>,
     in_doubt: usize,
@@ -67,7 +70,9 @@ fn drive(
                         s.accept_rcpt(now).unwrap();
                     }
                 }
-                ServerEvent::MessageComplete(_) => {
+                ServerEvent::MessageComplete => {
+                    obs.messages
+                        .push(s.take_message().expect("the complete message"));
                     if policy.refuse_storage {
                         let r = Reply::new(
                             452,
@@ -186,6 +191,7 @@ fn run(script: &str, cfg: ServerConfig, may_shadow: bool, policy: &Policy) -> Ob
         format!("{:?}", whole.events),
         format!("{:?}", bytewise.events)
     );
+    assert_eq!(whole.messages, bytewise.messages);
     whole
 }
 
@@ -204,14 +210,8 @@ fn shadow_script(rest: &str) -> String {
     format!("{EHLO_XSHADOW}\n{rest}")
 }
 
-fn messages(obs: &Observed) -> Vec<&xshadow_core::session::ReceivedMessage> {
-    obs.events
-        .iter()
-        .filter_map(|e| match e {
-            ServerEvent::MessageComplete(m) => Some(&**m),
-            _ => None,
-        })
-        .collect()
+fn messages(obs: &Observed) -> Vec<&ReceivedMessage> {
+    obs.messages.iter().collect()
 }
 
 #[test]
@@ -802,6 +802,7 @@ fn a_pipelined_batch_gets_the_same_replies_as_one_by_one() {
         &Policy::default(),
     );
     assert_eq!(format!("{:?}", a.events), format!("{:?}", b.events));
+    assert_eq!(a.messages, b.messages);
     assert_eq!(messages(&a)[0].envelope.recipients.len(), 2);
 }
 

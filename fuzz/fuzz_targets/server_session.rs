@@ -16,8 +16,9 @@
 //! min(ids, max) and the next reply is `251` or a `250` of that many lines; a decision event
 //! never arrives while another is unanswered; once drained with no decision pending the
 //! session takes input (`may_read()`), unless closed; an expired timer closes the session and
-//! an early one changes nothing; a `MessageComplete` body never exceeds `max_message_size`;
-//! exactly one `Closed`, and nothing (no byte, no event) after it; the heap the session holds
+//! an early one changes nothing; `take_message` hands a `MessageComplete`'s message over
+//! once, and its body never exceeds `max_message_size`; exactly one `Closed`, and nothing
+//! (no byte, no event) after it; the heap the session holds
 //! after each drain stays under a bound made of its limits (the input window
 //! `max(max_line, 64 KiB)` plus one read, `max_pending_output` plus one reply, the message
 //! size limit and the recipients), never of the bytes fed (up to 256 KiB per run).
@@ -318,7 +319,15 @@ impl Driver<'_> {
                 );
                 Some(Decision::Rcpt)
             }
-            ServerEvent::MessageComplete(m) => {
+            ServerEvent::MessageComplete => {
+                let m = self
+                    .s
+                    .take_message()
+                    .expect("MessageComplete hands over a message");
+                assert!(
+                    self.s.take_message().is_none(),
+                    "a message handed over twice"
+                );
                 assert!(
                     m.body.len() as u64 <= self.config.max_message_size,
                     "a body of {} bytes over the limit {}",

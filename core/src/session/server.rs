@@ -199,9 +199,10 @@ pub enum ServerEvent {
     /// Decide on the recipient in [`ServerSession::pending_recipient`]: `accept_rcpt` or
     /// `reject_rcpt`.
     RcptTo,
-    /// A message is complete: store it durably, then `message_stored` (or
-    /// `message_rejected`). The final reply waits for that call.
-    MessageComplete(Box<ReceivedMessage>),
+    /// A message is complete: take it with [`ServerSession::take_message`], store it
+    /// durably, then `message_stored` (or `message_rejected`). The final reply waits for that
+    /// call.
+    MessageComplete,
     /// A shadow server introduced itself: `accept_xshadow(database_id)` or `reject_xshadow`.
     XShadow {
         /// The shadow context it gave.
@@ -328,6 +329,9 @@ pub struct ServerSession {
     errors: usize,
     closed: bool,
     lines: LineReader,
+    /// The message [`ServerEvent::MessageComplete`] announced, until the caller takes it or
+    /// decides on it.
+    received: Option<ReceivedMessage>,
     input: Vec<u8>,
     /// Bytes at the start of `input` already handled; `input` is empty when all are.
     input_at: usize,
@@ -363,6 +367,7 @@ impl ServerSession {
             errors: 0,
             closed: false,
             lines,
+            received: None,
             input: Vec::new(),
             input_at: 0,
             output: Vec::with_capacity(512),
@@ -496,6 +501,12 @@ impl ServerSession {
         self.transaction.as_ref()?.pending_recipient.as_ref()
     }
 
+    /// Hands over the message [`ServerEvent::MessageComplete`] announced: once, between that
+    /// event and `message_stored` / `message_rejected` (`None` otherwise).
+    pub fn take_message(&mut self) -> Option<ReceivedMessage> {
+        self.received.take()
+    }
+
     /// The shadow context accepted with XSHADOW in this session, if any.
     pub fn shadow_context(&self) -> Option<&str> {
         match &self.shadow {
@@ -569,6 +580,7 @@ impl ServerSession {
     /// The message is stored durably: `250 2.6.0 Queued mail for delivery`.
     pub fn message_stored(&mut self, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Message, "message_stored")?;
+        self.received = None;
         self.decided(
             &reply(250, enhanced(2, 6, 0), "Queued mail for delivery"),
             now,
@@ -579,6 +591,7 @@ impl ServerSession {
     /// The message was not taken (for example `452 4.3.1 Insufficient system storage`).
     pub fn message_rejected(&mut self, answer: Reply<'_>, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Message, "message_rejected")?;
+        self.received = None;
         self.decided(&answer, now);
         Ok(())
     }
@@ -1191,17 +1204,14 @@ impl ServerSession {
                 }),
             }
         });
-        let message = ReceivedMessage {
+        self.received = Some(ReceivedMessage {
             helo,
             envelope: t.envelope,
             body: t.body,
             shadow,
             via_bdat,
-        };
-        self.wait(
-            Waiting::Message,
-            ServerEvent::MessageComplete(Box::new(message)),
-        );
+        });
+        self.wait(Waiting::Message, ServerEvent::MessageComplete);
     }
 }
 
