@@ -982,7 +982,7 @@ impl Node {
         self.now = now;
         match input {
             Input::Received(conn, data) => match self.conns.get_mut(&conn) {
-                Some(Conn::Inbound(c)) => c.session.handle_input(data, now),
+                Some(Conn::Inbound(_)) => self.receive_inbound(conn, data, now),
                 Some(Conn::Outbound(c)) => {
                     if let Some(s) = c.session.as_mut() {
                         s.handle_input(data, now);
@@ -1389,6 +1389,38 @@ impl Node {
     }
 
     // ---- the receiving side ----------------------------------------------------------
+
+    /// Hands an inbound connection's bytes to its session without the session copying what
+    /// is pipelined behind a decision: it reads up to each decision, the decision is answered
+    /// here (MAIL and RCPT on the spot; with no question pending, its replies are drained)
+    /// and the rest is offered again. Only what waits behind a decision that is not made at
+    /// once (a message until it is persisted) is kept by the session.
+    fn receive_inbound(&mut self, conn: ConnId, mut data: &[u8], now: Instant) {
+        // Nothing was answered since the session last stopped.
+        let mut idle = false;
+        while let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn) {
+            let used = c.session.handle_input_until_decision(data, now);
+            data = &data[used..];
+            if data.is_empty() {
+                return;
+            }
+            if used == 0 && idle {
+                c.session.handle_input(data, now);
+                return;
+            }
+            let mut answered = false;
+            while let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn)
+                && let Some(event) = c.session.poll_event()
+            {
+                self.server_event(conn, event);
+                answered = true;
+            }
+            if !answered {
+                self.pump_session(conn);
+            }
+            idle = !answered;
+        }
+    }
 
     fn server_event(&mut self, conn: ConnId, event: ServerEvent) {
         let now = self.now;

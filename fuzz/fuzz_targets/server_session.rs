@@ -9,7 +9,9 @@
 //! that follows (one byte per driver step: feed a piece / feed until the session stops
 //! reading / answer / wrong call / timeout / EOF, and the flavour of each), the rest is the client's wire: fed raw, then remapped into whole
 //! SMTP command lines and fragments (`SESSION` below). Once the control bytes run out the
-//! driver feeds, accepts every decision and finally closes.
+//! driver feeds, accepts every decision and finally closes. Odd feed flavours use
+//! `handle_input_until_decision` (answering where it stops, or handing the rest to
+//! `handle_input`), even ones `handle_input`.
 //!
 //! Invariants: nothing panics; a wrong decision method returns an `ApiError` (and the right
 //! one succeeds); every byte written reads as whole replies; `answer_xqdiscard` returns
@@ -248,10 +250,39 @@ impl Driver<'_> {
             }
             self.now += Duration::from_micros(1);
             self.fed += piece.len();
-            self.s.handle_input(piece, self.now);
+            if flavour % 2 == 1 {
+                self.offer(piece, flavour);
+            } else {
+                self.s.handle_input(piece, self.now);
+            }
             self.drain();
             if piece.is_empty() {
                 break;
+            }
+        }
+    }
+
+    /// Feeds `piece` with `handle_input_until_decision`, as a caller that decides at once:
+    /// wherever it stops, drain and (when `flavour` says so) answer, then offer the rest; what
+    /// is left behind a decision not answered at once goes to `handle_input`.
+    fn offer(&mut self, piece: &[u8], flavour: u8) {
+        let mut rest = piece;
+        loop {
+            let used = self.s.handle_input_until_decision(rest, self.now);
+            assert!(used <= rest.len(), "used {used} of {}", rest.len());
+            rest = &rest[used..];
+            if rest.is_empty() {
+                return;
+            }
+            assert!(!self.s.may_read(), "stopped {} bytes early while reading", rest.len());
+            self.drain();
+            let answered = self.pending.is_some() && flavour & 2 != 0;
+            if answered {
+                self.answer(flavour >> 2);
+            }
+            if !answered && !self.s.may_read() {
+                self.s.handle_input(rest, self.now);
+                return;
             }
         }
     }

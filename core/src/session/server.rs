@@ -16,6 +16,12 @@
 //! [`ServerSession::may_read`] is false: the session holds back pipelined commands while it
 //! waits for a decision or while too many reply bytes are pending, so memory stays bounded.
 //!
+//! `handle_input` copies what it cannot handle yet (the commands and content pipelined behind
+//! a MAIL or RCPT decision) into the session. A driver that answers decisions at once can
+//! avoid that copy with [`ServerSession::handle_input_until_decision`]: it stops where a
+//! decision is needed and says how many bytes it used; answer, drain, offer the rest, and hand
+//! to `handle_input` only what is left behind a decision that must wait.
+//!
 //! # Pipelining
 //!
 //! Commands are executed strictly one after another; a command waiting for a decision holds
@@ -409,6 +415,37 @@ impl ServerSession {
         }
     }
 
+    /// Takes bytes the client sent, but only up to where the session waits for a decision
+    /// or for its replies to be drained; returns how many it used. Less than all only while
+    /// [`ServerSession::may_read`] is false: the session keeps no copy of the rest. A caller
+    /// that decides at once answers (or drains) and offers the rest again; bytes left behind a
+    /// decision that is not made at once go to [`ServerSession::handle_input`], which keeps
+    /// them. While the session still holds bytes from `handle_input`, these join them.
+    pub fn handle_input_until_decision(&mut self, data: &[u8], now: Instant) -> usize {
+        if !self.input.is_empty() || !self.keeps_input() {
+            // Behind held bytes (order), or dropped as `handle_input` drops them.
+            self.handle_input(data, now);
+            return data.len();
+        }
+        self.now = now;
+        if data.is_empty() {
+            return 0;
+        }
+        self.last_activity = now;
+        let used = self.process(data);
+        if !self.keeps_input() {
+            // Closed, or STARTTLS accepted: what followed is dropped, as `handle_input` does
+            // (plaintext pipelined behind STARTTLS must not reach the TLS session).
+            return data.len();
+        }
+        if self.waiting == Waiting::Nothing && self.output.len() < self.config.max_pending_output {
+            // Stopped inside a command line: its start is kept, as `handle_input` keeps it.
+            self.input.extend_from_slice(&data[used..]);
+            return data.len();
+        }
+        used
+    }
+
     /// The client closed its side of the connection.
     pub fn handle_eof(&mut self, now: Instant) {
         self.now = now;
@@ -537,7 +574,9 @@ impl ServerSession {
         self.last_activity = now;
         self.waiting = Waiting::Nothing;
         self.send(answer);
-        self.process_buffered();
+        if !self.input.is_empty() {
+            self.process_buffered();
+        }
     }
 
     /// Accepts the sender: `250 2.1.0 Sender OK`.
