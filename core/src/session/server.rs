@@ -570,10 +570,21 @@ impl ServerSession {
 
     /// Sends the reply that ends a decision and resumes held-back input.
     fn decided(&mut self, answer: &Reply<'_>, now: Instant) {
+        self.send(answer);
+        self.resume(now);
+    }
+
+    /// [`ServerSession::decided`] with a fixed reply, already in wire form.
+    fn decided_with(&mut self, answer: &[u8], now: Instant) {
+        self.output.extend_from_slice(answer);
+        self.resume(now);
+    }
+
+    /// Ends the wait for a decision and handles held-back input.
+    fn resume(&mut self, now: Instant) {
         self.now = now;
         self.last_activity = now;
         self.waiting = Waiting::Nothing;
-        self.send(answer);
         if !self.input.is_empty() {
             self.process_buffered();
         }
@@ -582,7 +593,7 @@ impl ServerSession {
     /// Accepts the sender: `250 2.1.0 Sender OK`.
     pub fn accept_mail(&mut self, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Mail, "accept_mail")?;
-        self.decided(&reply(250, enhanced(2, 1, 0), "Sender OK"), now);
+        self.decided_with(SENDER_OK, now);
         Ok(())
     }
 
@@ -602,7 +613,7 @@ impl ServerSession {
         {
             t.envelope.recipients.push(r);
         }
-        self.decided(&reply(250, enhanced(2, 1, 5), "Recipient OK"), now);
+        self.decided_with(RECIPIENT_OK, now);
         Ok(())
     }
 
@@ -620,10 +631,7 @@ impl ServerSession {
     pub fn message_stored(&mut self, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Message, "message_stored")?;
         self.received = None;
-        self.decided(
-            &reply(250, enhanced(2, 6, 0), "Queued mail for delivery"),
-            now,
-        );
+        self.decided_with(QUEUED, now);
         Ok(())
     }
 
@@ -923,11 +931,7 @@ impl ServerSession {
                         let hint = t.envelope.params.size.unwrap_or(0);
                         reserve_body(&mut t.body, hint, self.config.max_message_size);
                     }
-                    self.send(&reply(
-                        354,
-                        None,
-                        "Start mail input; end with <CRLF>.<CRLF>",
-                    ));
+                    self.output.extend_from_slice(START_MAIL_INPUT);
                     self.mode = Mode::Data(DotReader::with_limit(self.config.max_message_size));
                 }
             },
@@ -953,9 +957,9 @@ impl ServerSession {
             }
             Command::Rset => {
                 self.transaction = None;
-                self.send(&reply(250, enhanced(2, 0, 0), "OK"));
+                self.output.extend_from_slice(OK);
             }
-            Command::Noop => self.send(&reply(250, enhanced(2, 0, 0), "OK")),
+            Command::Noop => self.output.extend_from_slice(OK),
             Command::Quit => {
                 self.send(&reply(
                     221,
@@ -1207,8 +1211,10 @@ impl ServerSession {
             .as_ref()
             .is_some_and(|t| t.size.is_over_limit());
         if !chunk.is_last() {
-            let text = format!("{} octets received", chunk.size());
-            return self.send(&Reply::new(250, enhanced(2, 0, 0), text));
+            // `250 2.0.0 <size> octets received`, without formatting a text per chunk.
+            self.output.extend_from_slice(b"250 2.0.0 ");
+            crate::wire::write_decimal(&mut self.output, chunk.size());
+            return self.output.extend_from_slice(b" octets received\r\n");
         }
         if over {
             self.transaction = None;
@@ -1254,6 +1260,14 @@ impl ServerSession {
     }
 }
 
+/// The replies every accepted message gets, in wire form: fixed texts, so they are written
+/// without building a [`Reply`] (a test checks each against what `Reply` writes).
+const SENDER_OK: &[u8] = b"250 2.1.0 Sender OK\r\n";
+const RECIPIENT_OK: &[u8] = b"250 2.1.5 Recipient OK\r\n";
+const QUEUED: &[u8] = b"250 2.6.0 Queued mail for delivery\r\n";
+const START_MAIL_INPUT: &[u8] = b"354 Start mail input; end with <CRLF>.<CRLF>\r\n";
+const OK: &[u8] = b"250 2.0.0 OK\r\n";
+
 /// Most bytes a body is grown by ahead of its content, whatever size the client announced:
 /// an announcement costs the client nothing, so it may not reserve much memory.
 const MAX_BODY_RESERVE: u64 = 1 << 20;
@@ -1297,6 +1311,36 @@ mod tests {
             Some(ForwardPath::Mailbox(m)) => m.to_string(),
             other => panic!("no pending recipient: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_fixed_replies_are_what_reply_writes() {
+        let cases = [
+            (SENDER_OK, reply(250, enhanced(2, 1, 0), "Sender OK")),
+            (RECIPIENT_OK, reply(250, enhanced(2, 1, 5), "Recipient OK")),
+            (
+                QUEUED,
+                reply(250, enhanced(2, 6, 0), "Queued mail for delivery"),
+            ),
+            (
+                START_MAIL_INPUT,
+                reply(354, None, "Start mail input; end with <CRLF>.<CRLF>"),
+            ),
+            (OK, reply(250, enhanced(2, 0, 0), "OK")),
+        ];
+        for (bytes, reply) in cases {
+            assert_eq!(
+                String::from_utf8_lossy(bytes),
+                String::from_utf8_lossy(&reply.to_bytes())
+            );
+        }
+        // A chunk that is not the last one.
+        let config = Arc::new(ServerConfig::new("mx.example"));
+        let mut session = ServerSession::new(config, false, Instant::now());
+        session.output.clear();
+        session.bdat_done(BdatChunk::new(1234, false), None);
+        let want = Reply::new(250, enhanced(2, 0, 0), "1234 octets received").to_bytes();
+        assert_eq!(session.output, want);
     }
 
     #[test]
