@@ -164,7 +164,8 @@ pub enum ShadowTag {
 pub struct ReceivedMessage {
     /// The EHLO / HELO name the client gave (shared by the session's messages).
     pub helo: Arc<str>,
-    /// Sender, recipients and parameters.
+    /// Sender, recipients and parameters; the `XSHADOW=` id is not among them but in `shadow`
+    /// (it belongs to the hop the message came over).
     pub envelope: Envelope,
     /// The content, un-stuffed, exactly as the client meant it.
     pub body: Vec<u8>,
@@ -311,7 +312,10 @@ enum Mode {
 /// A mail transaction in progress.
 #[derive(Debug)]
 struct Transaction {
+    /// The envelope, without the `XSHADOW=` id (that is in `shadow`).
     envelope: Envelope,
+    /// The message's shadow bookkeeping, made when MAIL is read.
+    shadow: Option<ShadowTag>,
     pending_recipient: Option<Recipient>,
     body: Vec<u8>,
     size: MessageSize,
@@ -528,7 +532,7 @@ impl ServerSession {
     }
 
     /// The envelope being built: the sender while [`ServerEvent::MailFrom`] waits, and the
-    /// accepted recipients so far.
+    /// accepted recipients so far (without the `XSHADOW=` id, see [`ReceivedMessage::shadow`]).
     pub fn pending_envelope(&self) -> Option<&Envelope> {
         self.transaction.as_ref().map(|t| &t.envelope)
     }
@@ -879,10 +883,13 @@ impl ServerSession {
         match command {
             Command::Ehlo { domain } => self.hello(domain.into_owned(), true),
             Command::Helo { domain } => self.hello(domain.into_owned(), false),
-            Command::Mail { from, params } => {
+            Command::Mail { from, mut params } => {
                 if let Some(refusal) = self.mail_refusal(&from, &params) {
                     return self.error(&refusal);
                 }
+                // The `XSHADOW=` id is made shared once, for the tag, not owned for the
+                // envelope first.
+                let shadow = params.xshadow.take().and_then(|id| self.shadow_tag(&id));
                 let size = MessageSize::new(self.config.max_message_size);
                 self.transaction = Some(Transaction {
                     envelope: Envelope {
@@ -890,6 +897,7 @@ impl ServerSession {
                         params: params.into_owned(),
                         recipients: Vec::new(),
                     },
+                    shadow,
                     pending_recipient: None,
                     body: Vec::new(),
                     size,
@@ -1223,6 +1231,25 @@ impl ServerSession {
         self.complete(true);
     }
 
+    /// The shadow tag of a message sent with `XSHADOW=<discard_id>` in this session.
+    fn shadow_tag(&self, discard_id: &str) -> Option<ShadowTag> {
+        match &self.shadow {
+            Shadow::None => None,
+            Shadow::Primary { context } => Some(ShadowTag::Primary {
+                context: context.clone(),
+                discard_id: discard_id.into(),
+            }),
+            Shadow::CopyFor {
+                primary,
+                database_id,
+            } => Some(ShadowTag::CopyFor {
+                primary: primary.clone(),
+                database_id: database_id.clone(),
+                discard_id: discard_id.into(),
+            }),
+        }
+    }
+
     fn complete(&mut self, via_bdat: bool) {
         let Some(t) = self.transaction.take() else {
             return;
@@ -1231,29 +1258,11 @@ impl ServerSession {
             Hello::None => Arc::from(""),
             Hello::Helo(name) | Hello::Ehlo(name) => Arc::clone(name),
         };
-        let shadow = t.envelope.params.xshadow.as_ref().and_then(|id| {
-            let discard_id = Arc::<str>::from(&**id);
-            match &self.shadow {
-                Shadow::None => None,
-                Shadow::Primary { context } => Some(ShadowTag::Primary {
-                    context: context.clone(),
-                    discard_id,
-                }),
-                Shadow::CopyFor {
-                    primary,
-                    database_id,
-                } => Some(ShadowTag::CopyFor {
-                    primary: primary.clone(),
-                    database_id: database_id.clone(),
-                    discard_id,
-                }),
-            }
-        });
         self.received = Some(ReceivedMessage {
             helo,
             envelope: t.envelope,
             body: t.body,
-            shadow,
+            shadow: t.shadow,
             via_bdat,
         });
         self.wait(Waiting::Message, ServerEvent::MessageComplete);
