@@ -1446,3 +1446,30 @@ fn a_command_split_across_reads_is_kept_by_handle_input_until_decision() {
     assert!(matches!(&s.pending_envelope().unwrap().from,
         ReversePath::Mailbox(m) if m.to_string() == "a@example.org"));
 }
+
+#[test]
+fn a_complete_message_is_taken_once_even_after_the_peer_closed() {
+    let now = Instant::now();
+    let mut s = greeted(config(ShadowOffer::None), now);
+    s.handle_input(b"MAIL FROM:<a@example.org>\r\n", now);
+    assert_eq!(s.poll_event(), Some(ServerEvent::MailFrom));
+    assert!(
+        s.take_message().is_none(),
+        "no message before MessageComplete"
+    );
+    s.accept_mail(now).unwrap();
+    s.handle_input(b"RCPT TO:<b@example.net>\r\n", now);
+    assert_eq!(s.poll_event(), Some(ServerEvent::RcptTo));
+    s.accept_rcpt(now).unwrap();
+    s.handle_input(b"DATA\r\nx\r\n.\r\n", now);
+    s.handle_eof(now);
+    assert_eq!(s.poll_event(), Some(ServerEvent::MessageComplete));
+    assert_eq!(
+        s.poll_event(),
+        Some(ServerEvent::Closed(CloseReason::PeerClosed))
+    );
+    let message = s.take_message().expect("announced before the close");
+    assert_eq!(message.body, b"x\r\n");
+    assert!(!message.via_bdat);
+    assert!(s.take_message().is_none(), "handed over once");
+}

@@ -319,7 +319,7 @@ struct Transaction {
     pending_recipient: Option<Recipient>,
     body: Vec<u8>,
     size: MessageSize,
-    /// A BDAT chunk was received: DATA is now out of sequence.
+    /// A BDAT chunk was received: DATA is now out of sequence (and the message came by BDAT).
     bdat_started: bool,
 }
 
@@ -339,9 +339,6 @@ pub struct ServerSession {
     errors: usize,
     closed: bool,
     lines: LineReader,
-    /// The message [`ServerEvent::MessageComplete`] announced, until the caller takes it or
-    /// decides on it.
-    received: Option<ReceivedMessage>,
     input: Vec<u8>,
     /// Bytes at the start of `input` already handled; `input` is empty when all are.
     input_at: usize,
@@ -377,7 +374,6 @@ impl ServerSession {
             errors: 0,
             closed: false,
             lines,
-            received: None,
             input: Vec::new(),
             input_at: 0,
             output: Vec::with_capacity(512),
@@ -545,7 +541,22 @@ impl ServerSession {
     /// Hands over the message [`ServerEvent::MessageComplete`] announced: once, between that
     /// event and `message_stored` / `message_rejected` (`None` otherwise).
     pub fn take_message(&mut self) -> Option<ReceivedMessage> {
-        self.received.take()
+        // The complete message stays in its transaction until now: one move, not three.
+        if self.waiting != Waiting::Message {
+            return None;
+        }
+        let t = self.transaction.take()?;
+        let helo = match &self.hello {
+            Hello::None => Arc::from(""),
+            Hello::Helo(name) | Hello::Ehlo(name) => Arc::clone(name),
+        };
+        Some(ReceivedMessage {
+            helo,
+            envelope: t.envelope,
+            body: t.body,
+            shadow: t.shadow,
+            via_bdat: t.bdat_started,
+        })
     }
 
     /// The shadow context accepted with XSHADOW in this session, if any.
@@ -634,7 +645,7 @@ impl ServerSession {
     /// The message is stored durably: `250 2.6.0 Queued mail for delivery`.
     pub fn message_stored(&mut self, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Message, "message_stored")?;
-        self.received = None;
+        self.transaction = None;
         self.decided_with(QUEUED, now);
         Ok(())
     }
@@ -642,7 +653,7 @@ impl ServerSession {
     /// The message was not taken (for example `452 4.3.1 Insufficient system storage`).
     pub fn message_rejected(&mut self, answer: Reply<'_>, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Message, "message_rejected")?;
-        self.received = None;
+        self.transaction = None;
         self.decided(&answer, now);
         Ok(())
     }
@@ -732,7 +743,10 @@ impl ServerSession {
 
     fn close(&mut self, reason: CloseReason) {
         self.closed = true;
-        self.transaction = None;
+        if self.waiting != Waiting::Message {
+            // A complete message stays until `take_message`: its event came before this one.
+            self.transaction = None;
+        }
         self.mode = Mode::Commands;
         self.input = Vec::new();
         self.input_at = 0;
@@ -1203,7 +1217,7 @@ impl ServerSession {
             self.transaction = None;
             return self.send(&size_exceeded());
         }
-        self.complete(false);
+        self.complete();
     }
 
     /// The end of one BDAT chunk.
@@ -1228,7 +1242,7 @@ impl ServerSession {
             self.transaction = None;
             return self.send(&size_exceeded());
         }
-        self.complete(true);
+        self.complete();
     }
 
     /// The shadow tag of a message sent with `XSHADOW=<discard_id>` in this session.
@@ -1250,22 +1264,11 @@ impl ServerSession {
         }
     }
 
-    fn complete(&mut self, via_bdat: bool) {
-        let Some(t) = self.transaction.take() else {
-            return;
-        };
-        let helo = match &self.hello {
-            Hello::None => Arc::from(""),
-            Hello::Helo(name) | Hello::Ehlo(name) => Arc::clone(name),
-        };
-        self.received = Some(ReceivedMessage {
-            helo,
-            envelope: t.envelope,
-            body: t.body,
-            shadow: t.shadow,
-            via_bdat,
-        });
-        self.wait(Waiting::Message, ServerEvent::MessageComplete);
+    /// The transaction's message is complete; it stays there until `take_message`.
+    fn complete(&mut self) {
+        if self.transaction.is_some() {
+            self.wait(Waiting::Message, ServerEvent::MessageComplete);
+        }
     }
 }
 
