@@ -1392,20 +1392,14 @@ impl Node {
 
     /// Hands an inbound connection's bytes to its session without the session copying what
     /// is pipelined behind a decision: it reads up to each decision, the decision is answered
-    /// here (MAIL and RCPT on the spot; with no question pending, its replies are drained)
-    /// and the rest is offered again. Only what waits behind a decision that is not made at
-    /// once (a message until it is persisted) is kept by the session.
+    /// here (MAIL and RCPT on the spot) and the rest is offered again. What waits behind a
+    /// decision that is not made at once (a message until it is persisted) is kept by the
+    /// session, as `handle_input` keeps it.
     fn receive_inbound(&mut self, conn: ConnId, mut data: &[u8], now: Instant) {
-        // Nothing was answered since the session last stopped.
-        let mut idle = false;
         while let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn) {
             let used = c.session.handle_input_until_decision(data, now);
             data = &data[used..];
             if data.is_empty() {
-                return;
-            }
-            if used == 0 && idle {
-                c.session.handle_input(data, now);
                 return;
             }
             let mut answered = false;
@@ -1415,10 +1409,16 @@ impl Node {
                 self.server_event(conn, event);
                 answered = true;
             }
-            if !answered {
-                self.pump_session(conn);
+            if answered {
+                continue;
             }
-            idle = !answered;
+            if used > 0 {
+                // Stopped with no question: its replies piled up. Move them out, read on.
+                self.pump_session(conn);
+            } else if let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn) {
+                c.session.handle_input(data, now);
+                return;
+            }
         }
     }
 
