@@ -274,7 +274,11 @@ impl Driver<'_> {
             if rest.is_empty() {
                 return;
             }
-            assert!(!self.s.may_read(), "stopped {} bytes early while reading", rest.len());
+            assert!(
+                !self.s.may_read(),
+                "stopped {} bytes early while reading",
+                rest.len()
+            );
             self.drain();
             let answered = self.pending.is_some() && flavour & 2 != 0;
             if answered {
