@@ -329,12 +329,7 @@ impl Graph {
                 node.handle_input(Input::Received(ConnId(to.conn), data), now);
                 self.drain_node(to.host);
             }
-            Host::Sink(sink) => {
-                if let Some(s) = sink.sessions.get_mut(&to.conn) {
-                    s.handle_input(data, now);
-                }
-                self.drain_sink(to.conn);
-            }
+            Host::Sink(_) => self.drain_sink(to.conn, data),
             Host::Client(Some(client)) => {
                 client.handle_input(data, now);
                 self.drain_client();
@@ -396,8 +391,10 @@ impl Graph {
         }
     }
 
-    /// Answers every decision of one sink session at once and moves its output.
-    fn drain_sink(&mut self, conn: u64) {
+    /// Feeds `input` to one sink session and answers every decision at once, then moves its
+    /// output. The session reads up to each decision (`handle_input_until_decision`) and
+    /// gets the rest once it is answered, so it keeps no copy of pipelined bytes.
+    fn drain_sink(&mut self, conn: u64, input: &[u8]) {
         let now = self.now;
         let mut data = self.buffer();
         let Host::Sink(sink) = &mut self.hosts[SINK] else {
@@ -409,17 +406,32 @@ impl Graph {
         };
         let counters = &mut self.counters;
         let mut closed = false;
-        loop {
-            let mut moved = s.poll_transmit(&mut data).is_some();
-            // The sink offers no XSHADOW: only messages to count.
+        // The sink offers no XSHADOW: only messages to count.
+        let mut answer = |s: &mut ServerSession| {
             let drained = answer_sink_events(s, "", now, |seen| {
                 if let Seen::Message(message) = seen {
                     counters.sunk += 1;
                     counters.sunk_bytes += message.body.len();
                 }
             });
-            moved |= drained.events;
             closed |= drained.closed;
+            drained.events
+        };
+        let mut rest = input;
+        while !rest.is_empty() {
+            let used = s.handle_input_until_decision(rest, now);
+            rest = &rest[used..];
+            if !rest.is_empty() && !answer(s) {
+                // No question to answer: drain the replies, or let the session keep the rest.
+                if s.poll_transmit(&mut data).is_none() {
+                    s.handle_input(rest, now);
+                    break;
+                }
+            }
+        }
+        loop {
+            let mut moved = s.poll_transmit(&mut data).is_some();
+            moved |= answer(s);
             if !moved {
                 break;
             }
@@ -511,7 +523,7 @@ impl Graph {
         self.links.insert(b, a);
         self.queue.push_back(Ev::Connected { host: from, conn });
         match to {
-            SINK => self.drain_sink(peer_conn),
+            SINK => self.drain_sink(peer_conn, &[]),
             _ => self.drain_node(to),
         }
     }

@@ -23,7 +23,7 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 pub fn drain_as_sink(
     session: &mut ServerSession,
     out: &mut Vec<u8>,
-) -> io::Result<Option<Box<ReceivedMessage>>> {
+) -> io::Result<Option<ReceivedMessage>> {
     sink::drain(session, out, std::time::Instant::now()).map_err(io::Error::other)
 }
 
@@ -44,7 +44,7 @@ pub async fn serve<F, Fut>(
     mut store: F,
 ) -> io::Result<()>
 where
-    F: FnMut(Box<ReceivedMessage>) -> Fut,
+    F: FnMut(ReceivedMessage) -> Fut,
     Fut: std::future::Future<Output = io::Result<()>>,
 {
     let mut buf = vec![0u8; 64 * 1024];

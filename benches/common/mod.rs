@@ -110,9 +110,11 @@ pub fn answer_sink_events(
         let answered = match event {
             ServerEvent::MailFrom => server.accept_mail(now),
             ServerEvent::RcptTo => server.accept_rcpt(now),
-            ServerEvent::MessageComplete(message) => {
-                seen(Seen::Message(&message));
-                black_box(&message);
+            ServerEvent::MessageComplete => {
+                if let Some(message) = server.take_message() {
+                    seen(Seen::Message(&message));
+                    black_box(&message);
+                }
                 server.message_stored(now)
             }
             ServerEvent::XShadow { .. } => {

@@ -986,7 +986,7 @@ impl Node {
         self.now = now;
         match input {
             Input::Received(conn, data) => match self.conns.get_mut(&conn) {
-                Some(Conn::Inbound(c)) => c.session.handle_input(data, now),
+                Some(Conn::Inbound(_)) => self.receive_inbound(conn, data, now),
                 Some(Conn::Outbound(c)) => {
                     if let Some(s) = c.session.as_mut() {
                         s.handle_input(data, now);
@@ -1400,6 +1400,38 @@ impl Node {
 
     // ---- the receiving side ----------------------------------------------------------
 
+    /// Hands an inbound connection's bytes to its session without the session copying what
+    /// is pipelined behind a decision: it reads up to each decision, the decision is answered
+    /// here (MAIL and RCPT on the spot) and the rest is offered again. What waits behind a
+    /// decision that is not made at once (a message until it is persisted) is kept by the
+    /// session, as `handle_input` keeps it.
+    fn receive_inbound(&mut self, conn: ConnId, mut data: &[u8], now: Instant) {
+        while let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn) {
+            let used = c.session.handle_input_until_decision(data, now);
+            data = &data[used..];
+            if data.is_empty() {
+                return;
+            }
+            let mut answered = false;
+            while let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn)
+                && let Some(event) = c.session.poll_event()
+            {
+                self.server_event(conn, event);
+                answered = true;
+            }
+            if answered {
+                continue;
+            }
+            if used > 0 {
+                // Stopped with no question: its replies piled up. Move them out, read on.
+                self.pump_session(conn);
+            } else if let Some(Conn::Inbound(c)) = self.conns.get_mut(&conn) {
+                c.session.handle_input(data, now);
+                return;
+            }
+        }
+    }
+
     fn server_event(&mut self, conn: ConnId, event: ServerEvent) {
         let now = self.now;
         let over_budget = self.queued_bytes >= self.config.memory_budget;
@@ -1438,17 +1470,17 @@ impl Node {
                 }
                 Ok(())
             }
-            ServerEvent::MessageComplete(message) => {
-                if self.queued_bytes.saturating_add(message.body.len()) > self.config.memory_budget
+            ServerEvent::MessageComplete => match s.take_message() {
+                Some(message)
+                    if self.queued_bytes.saturating_add(message.body.len())
+                        <= self.config.memory_budget =>
                 {
-                    s.message_rejected(insufficient_storage(), now)
-                } else {
-                    let message = *message;
                     let (helo, peer) = (Arc::clone(&c.helo), Arc::clone(&c.peer));
                     self.receive(conn, message, &helo, &peer);
                     Ok(())
                 }
-            }
+                _ => s.message_rejected(insufficient_storage(), now),
+            },
             ServerEvent::StartTls => {
                 // STARTTLS is not offered by nodes yet; a session never asks.
                 Ok(())

@@ -1,15 +1,18 @@
 //! ServerSession transcripts: readable `C:` / `S:` scripts for every row of PROTOCOL.md's
 //! XSHADOW / XQDISCARD / XSHADOWREQUEST tables and the ordinary SMTP flows. Every script runs
-//! twice: each client block fed whole (pipelined), and fed one byte at a time.
+//! four ways: each client block fed whole (pipelined) and one byte at a time, with
+//! `handle_input`, and the same two with `handle_input_until_decision` answering each
+//! decision where it stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xshadow_core::session::server::{
-    CloseReason, ServerConfig, ServerEvent, ServerPhase, ServerSession, ShadowOffer, ShadowTag,
+    CloseReason, ReceivedMessage, ServerConfig, ServerEvent, ServerPhase, ServerSession,
+    ShadowOffer, ShadowTag,
 };
 use xshadow_core::wire::Reply;
-use xshadow_core::wire::path::ForwardPath;
+use xshadow_core::wire::path::{ForwardPath, ReversePath};
 use xshadow_core::wire::reply::EnhancedStatus;
 
 const DBID: &str = "X+QUj+rOf0ag5pssHT5PUA==";
@@ -27,6 +30,8 @@ struct Policy {
 #[derive(Default, Debug)]
 struct Observed {
     events: Vec<ServerEvent>,
+    /// The messages taken on each `MessageComplete`, in order.
+    messages: Vec<ReceivedMessage>,
     /// Ids still held by the ledger at the end (returned ones leave only when confirmed).
     ledger: Vec<String>,
     in_doubt: usize,
@@ -67,7 +72,9 @@ fn drive(
                         s.accept_rcpt(now).unwrap();
                     }
                 }
-                ServerEvent::MessageComplete(_) => {
+                ServerEvent::MessageComplete => {
+                    obs.messages
+                        .push(s.take_message().expect("the complete message"));
                     if policy.refuse_storage {
                         let r = Reply::new(
                             452,
@@ -108,6 +115,39 @@ fn drive(
 enum Feed {
     Whole,
     ByteByByte,
+    /// The block with `handle_input_until_decision`: answered wherever it stops, then the rest.
+    UntilDecision,
+    /// Each byte with `handle_input_until_decision`.
+    UntilDecisionByteByByte,
+}
+
+/// Feeds `data` with `handle_input_until_decision`, answering (driving) wherever it stops and
+/// offering the rest, as a caller that decides at once does.
+fn feed_until_decision(
+    s: &mut ServerSession,
+    data: &[u8],
+    out: &mut Vec<u8>,
+    policy: &Policy,
+    obs: &mut Observed,
+    now: Instant,
+) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let used = s.handle_input_until_decision(rest, now);
+        rest = &rest[used..];
+        if !rest.is_empty() {
+            assert!(
+                !s.may_read(),
+                "stopped {} bytes early while reading",
+                rest.len()
+            );
+            drive(s, out, policy, obs, now);
+            assert!(
+                s.may_read(),
+                "a decision answered at once lets it read again"
+            );
+        }
+    }
 }
 
 /// Runs a script. `C:` lines (CRLF added) are grouped into blocks sent together; the `S:`
@@ -151,6 +191,16 @@ fn run_with(
                     drive(&mut s, &mut out, policy, &mut obs, now);
                 }
             }
+            Feed::UntilDecision => {
+                feed_until_decision(&mut s, &block, &mut out, policy, &mut obs, now);
+            }
+            Feed::UntilDecisionByteByByte => {
+                for b in &block {
+                    let byte = std::slice::from_ref(b);
+                    feed_until_decision(&mut s, byte, &mut out, policy, &mut obs, now);
+                    drive(&mut s, &mut out, policy, &mut obs, now);
+                }
+            }
         }
         block.clear();
         drive(&mut s, &mut out, policy, &mut obs, now);
@@ -178,14 +228,19 @@ fn run_with(
     obs
 }
 
-/// Runs a script both ways and returns what the whole-block run observed.
+/// Runs a script every way and returns what the whole-block run observed; all ways must
+/// observe the same events and messages (the replies are checked by the script).
 fn run(script: &str, cfg: ServerConfig, may_shadow: bool, policy: &Policy) -> Observed {
-    let bytewise = run_with(script, cfg.clone(), may_shadow, policy, Feed::ByteByByte);
-    let whole = run_with(script, cfg, may_shadow, policy, Feed::Whole);
-    assert_eq!(
-        format!("{:?}", whole.events),
-        format!("{:?}", bytewise.events)
-    );
+    let whole = run_with(script, cfg.clone(), may_shadow, policy, Feed::Whole);
+    for feed in [
+        Feed::ByteByByte,
+        Feed::UntilDecision,
+        Feed::UntilDecisionByteByByte,
+    ] {
+        let other = run_with(script, cfg.clone(), may_shadow, policy, feed);
+        assert_eq!(format!("{:?}", whole.events), format!("{:?}", other.events));
+        assert_eq!(whole.messages, other.messages);
+    }
     whole
 }
 
@@ -204,14 +259,8 @@ fn shadow_script(rest: &str) -> String {
     format!("{EHLO_XSHADOW}\n{rest}")
 }
 
-fn messages(obs: &Observed) -> Vec<&xshadow_core::session::ReceivedMessage> {
-    obs.events
-        .iter()
-        .filter_map(|e| match e {
-            ServerEvent::MessageComplete(m) => Some(&**m),
-            _ => None,
-        })
-        .collect()
+fn messages(obs: &Observed) -> Vec<&ReceivedMessage> {
+    obs.messages.iter().collect()
 }
 
 #[test]
@@ -802,6 +851,7 @@ fn a_pipelined_batch_gets_the_same_replies_as_one_by_one() {
         &Policy::default(),
     );
     assert_eq!(format!("{:?}", a.events), format!("{:?}", b.events));
+    assert_eq!(a.messages, b.messages);
     assert_eq!(messages(&a)[0].envelope.recipients.len(), 2);
 }
 
@@ -1000,6 +1050,25 @@ fn commands_pipelined_behind_starttls_are_dropped_not_run_after_the_handshake() 
     assert!(text.ends_with("220 2.0.0 Ready to start TLS\r\n"), "{text}");
     assert!(!obs.events.contains(&ServerEvent::MailFrom));
     assert!(s.may_read(), "reading goes on, now over TLS");
+}
+
+#[test]
+fn commands_pipelined_behind_starttls_are_dropped_by_handle_input_until_decision_too() {
+    let now = Instant::now();
+    let mut cfg = config(ShadowOffer::None);
+    cfg.starttls = true;
+    let mut s = ServerSession::new(Arc::new(cfg), false, now);
+    let (mut out, mut obs) = (Vec::new(), Observed::default());
+    let data = b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected@example.org>\r\n";
+    assert_eq!(
+        s.handle_input_until_decision(data, now),
+        data.len(),
+        "what follows STARTTLS is used up (dropped), not left to be offered after TLS"
+    );
+    drive(&mut s, &mut out, &Policy::default(), &mut obs, now);
+    assert!(obs.events.contains(&ServerEvent::StartTls));
+    assert!(!obs.events.contains(&ServerEvent::MailFrom));
+    assert!(s.may_read());
 }
 
 #[test]
@@ -1228,4 +1297,179 @@ fn replies_piling_up_stop_the_session_from_executing_more_commands() {
         1000,
         "every command answered once"
     );
+}
+
+/// A session after `HELO c`, its greeting and reply drained.
+fn greeted(cfg: ServerConfig, now: Instant) -> ServerSession {
+    let mut s = ServerSession::new(Arc::new(cfg), false, now);
+    s.handle_input(b"HELO c\r\n", now);
+    let mut out = Vec::new();
+    let _ = s.poll_transmit(&mut out);
+    while s.poll_event().is_some() {}
+    s
+}
+
+fn recipients(s: &ServerSession) -> Vec<String> {
+    s.pending_envelope()
+        .unwrap()
+        .recipients
+        .iter()
+        .map(|r| match &r.to {
+            ForwardPath::Mailbox(m) => m.to_string(),
+            ForwardPath::Postmaster => "postmaster".to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn bytes_offered_while_the_session_holds_bytes_go_behind_them() {
+    let now = Instant::now();
+    let mut s = greeted(config(ShadowOffer::None), now);
+    // MAIL waits for its decision; `handle_input` keeps the RCPT behind it.
+    s.handle_input(
+        b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n",
+        now,
+    );
+    assert_eq!(s.poll_event(), Some(ServerEvent::MailFrom));
+    let more = b"RCPT TO:<c@example.net>\r\nDATA\r\n";
+    assert_eq!(
+        s.handle_input_until_decision(more, now),
+        more.len(),
+        "joined to the held bytes, all used"
+    );
+    s.accept_mail(now).unwrap();
+    assert_eq!(s.poll_event(), Some(ServerEvent::RcptTo));
+    s.accept_rcpt(now).unwrap();
+    assert_eq!(s.poll_event(), Some(ServerEvent::RcptTo));
+    s.accept_rcpt(now).unwrap();
+    assert_eq!(recipients(&s), ["b@example.net", "c@example.net"]);
+    let mut out = Vec::new();
+    let _ = s.poll_transmit(&mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n250 2.1.5 Recipient OK\r\n\
+         354 Start mail input; end with <CRLF>.<CRLF>\r\n"
+    );
+}
+
+#[test]
+fn a_decision_left_pending_keeps_the_rest_for_later() {
+    let now = Instant::now();
+    let script: &[u8] = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n\
+        x\r\n.\r\nMAIL FROM:<d@example.org>\r\nRCPT TO:<e@example.net>\r\nQUIT\r\n";
+    // The reference: all of it through `handle_input`, every decision answered in turn.
+    let policy = Policy::default();
+    let mut want = Observed::default();
+    let mut want_out = Vec::new();
+    let mut s = greeted(config(ShadowOffer::None), now);
+    s.handle_input(script, now);
+    drive(&mut s, &mut want_out, &policy, &mut want, now);
+
+    // MAIL and RCPT answered at once; the message is stored later, as after a Persist.
+    let mut obs = Observed::default();
+    let mut out = Vec::new();
+    let mut s = greeted(config(ShadowOffer::None), now);
+    let mut rest = script;
+    loop {
+        let used = s.handle_input_until_decision(rest, now);
+        rest = &rest[used..];
+        match s.poll_event() {
+            Some(ServerEvent::MailFrom) => s.accept_mail(now).unwrap(),
+            Some(ServerEvent::RcptTo) => s.accept_rcpt(now).unwrap(),
+            Some(ServerEvent::MessageComplete) => {
+                obs.messages.push(s.take_message().unwrap());
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!rest.is_empty() && !s.may_read());
+    assert_eq!(
+        s.handle_input_until_decision(rest, now),
+        0,
+        "nothing is used while the message waits"
+    );
+    s.handle_input(rest, now);
+    let _ = s.poll_transmit(&mut out);
+    assert!(
+        String::from_utf8_lossy(&out).ends_with("354 Start mail input; end with <CRLF>.<CRLF>\r\n"),
+        "no reply for the pipelined commands yet"
+    );
+    s.message_stored(now).unwrap();
+    drive(&mut s, &mut out, &policy, &mut obs, now);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(want_out).unwrap()
+    );
+    assert_eq!(obs.messages, want.messages);
+    assert!(s.is_closed(), "QUIT, kept behind the message, ran");
+}
+
+#[test]
+fn replies_piling_up_stop_handle_input_until_decision_too() {
+    let now = Instant::now();
+    let mut cfg = config(ShadowOffer::None);
+    cfg.max_pending_output = 100;
+    let mut s = ServerSession::new(Arc::new(cfg), false, now);
+    let batch = "NOOP\r\n".repeat(1000);
+    let mut rest = batch.as_bytes();
+    let mut out = Vec::new();
+    let mut rounds = 0;
+    while !rest.is_empty() {
+        let used = s.handle_input_until_decision(rest, now);
+        rest = &rest[used..];
+        if !rest.is_empty() {
+            assert!(!s.may_read(), "it stops only when it may not read");
+            assert!(s.poll_transmit(&mut out).is_some());
+        }
+        rounds += 1;
+        assert!(rounds < 2000);
+    }
+    let _ = s.poll_transmit(&mut out);
+    let replies = String::from_utf8(out).unwrap();
+    assert_eq!(replies.matches("250 2.0.0 OK\r\n").count(), 1000);
+}
+
+#[test]
+fn a_command_split_across_reads_is_kept_by_handle_input_until_decision() {
+    let now = Instant::now();
+    let mut s = greeted(config(ShadowOffer::None), now);
+    let first = b"MAIL FROM:<a@exa";
+    assert_eq!(s.handle_input_until_decision(first, now), first.len());
+    assert_eq!(s.poll_event(), None);
+    let second = b"mple.org>\r\nRCPT TO:<b@example.net>\r\n";
+    let used = s.handle_input_until_decision(second, now);
+    assert_eq!(used, second.len(), "behind the kept start, all taken");
+    assert_eq!(s.poll_event(), Some(ServerEvent::MailFrom));
+    s.accept_mail(now).unwrap();
+    assert_eq!(s.poll_event(), Some(ServerEvent::RcptTo));
+    assert!(matches!(&s.pending_envelope().unwrap().from,
+        ReversePath::Mailbox(m) if m.to_string() == "a@example.org"));
+}
+
+#[test]
+fn a_complete_message_is_taken_once_even_after_the_peer_closed() {
+    let now = Instant::now();
+    let mut s = greeted(config(ShadowOffer::None), now);
+    s.handle_input(b"MAIL FROM:<a@example.org>\r\n", now);
+    assert_eq!(s.poll_event(), Some(ServerEvent::MailFrom));
+    assert!(
+        s.take_message().is_none(),
+        "no message before MessageComplete"
+    );
+    s.accept_mail(now).unwrap();
+    s.handle_input(b"RCPT TO:<b@example.net>\r\n", now);
+    assert_eq!(s.poll_event(), Some(ServerEvent::RcptTo));
+    s.accept_rcpt(now).unwrap();
+    s.handle_input(b"DATA\r\nx\r\n.\r\n", now);
+    s.handle_eof(now);
+    assert_eq!(s.poll_event(), Some(ServerEvent::MessageComplete));
+    assert_eq!(
+        s.poll_event(),
+        Some(ServerEvent::Closed(CloseReason::PeerClosed))
+    );
+    let message = s.take_message().expect("announced before the close");
+    assert_eq!(message.body, b"x\r\n");
+    assert!(!message.via_bdat);
+    assert!(s.take_message().is_none(), "handed over once");
 }

@@ -126,8 +126,8 @@ impl SessionPair {
                         self.server.accept_rcpt(now).unwrap();
                     }
                 }
-                ServerEvent::MessageComplete(message) => {
-                    self.stored.push((**message).clone());
+                ServerEvent::MessageComplete => {
+                    self.stored.extend(self.server.take_message());
                     self.server.message_stored(now).unwrap();
                 }
                 ServerEvent::XShadow { .. } => self.server.accept_xshadow(DBID, now).unwrap(),

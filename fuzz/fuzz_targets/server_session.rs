@@ -9,15 +9,18 @@
 //! that follows (one byte per driver step: feed a piece / feed until the session stops
 //! reading / answer / wrong call / timeout / EOF, and the flavour of each), the rest is the client's wire: fed raw, then remapped into whole
 //! SMTP command lines and fragments (`SESSION` below). Once the control bytes run out the
-//! driver feeds, accepts every decision and finally closes.
+//! driver feeds, accepts every decision and finally closes. Odd feed flavours use
+//! `handle_input_until_decision` (answering where it stops, or handing the rest to
+//! `handle_input`), even ones `handle_input`.
 //!
 //! Invariants: nothing panics; a wrong decision method returns an `ApiError` (and the right
 //! one succeeds); every byte written reads as whole replies; `answer_xqdiscard` returns
 //! min(ids, max) and the next reply is `251` or a `250` of that many lines; a decision event
 //! never arrives while another is unanswered; once drained with no decision pending the
 //! session takes input (`may_read()`), unless closed; an expired timer closes the session and
-//! an early one changes nothing; a `MessageComplete` body never exceeds `max_message_size`;
-//! exactly one `Closed`, and nothing (no byte, no event) after it; the heap the session holds
+//! an early one changes nothing; `take_message` hands a `MessageComplete`'s message over
+//! once, and its body never exceeds `max_message_size`; exactly one `Closed`, and nothing
+//! (no byte, no event) after it; the heap the session holds
 //! after each drain stays under a bound made of its limits (the input window
 //! `max(max_line, 64 KiB)` plus one read, `max_pending_output` plus one reply, the message
 //! size limit and the recipients), never of the bytes fed (up to 256 KiB per run).
@@ -247,10 +250,43 @@ impl Driver<'_> {
             }
             self.now += Duration::from_micros(1);
             self.fed += piece.len();
-            self.s.handle_input(piece, self.now);
+            if flavour % 2 == 1 {
+                self.offer(piece, flavour);
+            } else {
+                self.s.handle_input(piece, self.now);
+            }
             self.drain();
             if piece.is_empty() {
                 break;
+            }
+        }
+    }
+
+    /// Feeds `piece` with `handle_input_until_decision`, as a caller that decides at once:
+    /// wherever it stops, drain and (when `flavour` says so) answer, then offer the rest; what
+    /// is left behind a decision not answered at once goes to `handle_input`.
+    fn offer(&mut self, piece: &[u8], flavour: u8) {
+        let mut rest = piece;
+        loop {
+            let used = self.s.handle_input_until_decision(rest, self.now);
+            assert!(used <= rest.len(), "used {used} of {}", rest.len());
+            rest = &rest[used..];
+            if rest.is_empty() {
+                return;
+            }
+            assert!(
+                !self.s.may_read(),
+                "stopped {} bytes early while reading",
+                rest.len()
+            );
+            self.drain();
+            let answered = self.pending.is_some() && flavour & 2 != 0;
+            if answered {
+                self.answer(flavour >> 2);
+            }
+            if !answered && !self.s.may_read() {
+                self.s.handle_input(rest, self.now);
+                return;
             }
         }
     }
@@ -318,7 +354,15 @@ impl Driver<'_> {
                 );
                 Some(Decision::Rcpt)
             }
-            ServerEvent::MessageComplete(m) => {
+            ServerEvent::MessageComplete => {
+                let m = self
+                    .s
+                    .take_message()
+                    .expect("MessageComplete hands over a message");
+                assert!(
+                    self.s.take_message().is_none(),
+                    "a message handed over twice"
+                );
                 assert!(
                     m.body.len() as u64 <= self.config.max_message_size,
                     "a body of {} bytes over the limit {}",

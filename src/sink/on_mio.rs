@@ -105,7 +105,7 @@ impl MioSink {
 }
 
 /// A message for the delivery threads, from the connection with this token.
-struct Job(Token, Box<ReceivedMessage>);
+struct Job(Token, ReceivedMessage);
 
 /// Starts the delivery threads; they end once the returned sender is dropped.
 fn start_delivery(

@@ -134,7 +134,7 @@ fn serve(mut stream: TcpStream, mut session: ServerSession, inbox: &Inbox) {
     loop {
         // The drain rule, with a destination's answers (core's `session::sink`).
         while let Ok(Some(message)) = sink::drain(&mut session, &mut out, Instant::now()) {
-            inbox.lock().unwrap().push(*message);
+            inbox.lock().unwrap().push(message);
             let _ = sink::stored(&mut session, true, Instant::now());
         }
         if !out.is_empty() {

@@ -16,6 +16,12 @@
 //! [`ServerSession::may_read`] is false: the session holds back pipelined commands while it
 //! waits for a decision or while too many reply bytes are pending, so memory stays bounded.
 //!
+//! `handle_input` copies what it cannot handle yet (the commands and content pipelined behind
+//! a MAIL or RCPT decision) into the session. A driver that answers decisions at once can
+//! avoid that copy with [`ServerSession::handle_input_until_decision`]: it stops where a
+//! decision is needed and says how many bytes it used; answer, drain, offer the rest, and hand
+//! to `handle_input` only what is left behind a decision that must wait.
+//!
 //! # Pipelining
 //!
 //! Commands are executed strictly one after another; a command waiting for a decision holds
@@ -158,7 +164,8 @@ pub enum ShadowTag {
 pub struct ReceivedMessage {
     /// The EHLO / HELO name the client gave (shared by the session's messages).
     pub helo: Arc<str>,
-    /// Sender, recipients and parameters.
+    /// Sender, recipients and parameters; the `XSHADOW=` id is not among them but in `shadow`
+    /// (it belongs to the hop the message came over).
     pub envelope: Envelope,
     /// The content, un-stuffed, exactly as the client meant it.
     pub body: Vec<u8>,
@@ -199,9 +206,10 @@ pub enum ServerEvent {
     /// Decide on the recipient in [`ServerSession::pending_recipient`]: `accept_rcpt` or
     /// `reject_rcpt`.
     RcptTo,
-    /// A message is complete: store it durably, then `message_stored` (or
-    /// `message_rejected`). The final reply waits for that call.
-    MessageComplete(Box<ReceivedMessage>),
+    /// A message is complete: take it with [`ServerSession::take_message`], store it
+    /// durably, then `message_stored` (or `message_rejected`). The final reply waits for that
+    /// call.
+    MessageComplete,
     /// A shadow server introduced itself: `accept_xshadow(database_id)` or `reject_xshadow`.
     XShadow {
         /// The shadow context it gave.
@@ -304,11 +312,14 @@ enum Mode {
 /// A mail transaction in progress.
 #[derive(Debug)]
 struct Transaction {
+    /// The envelope, without the `XSHADOW=` id (that is in `shadow`).
     envelope: Envelope,
+    /// The message's shadow bookkeeping, made when MAIL is read.
+    shadow: Option<ShadowTag>,
     pending_recipient: Option<Recipient>,
     body: Vec<u8>,
     size: MessageSize,
-    /// A BDAT chunk was received: DATA is now out of sequence.
+    /// A BDAT chunk was received: DATA is now out of sequence (and the message came by BDAT).
     bdat_started: bool,
 }
 
@@ -404,6 +415,37 @@ impl ServerSession {
         }
     }
 
+    /// Takes bytes the client sent, but only up to where the session waits for a decision
+    /// or for its replies to be drained; returns how many it used. Less than all only while
+    /// [`ServerSession::may_read`] is false: the session keeps no copy of the rest. A caller
+    /// that decides at once answers (or drains) and offers the rest again; bytes left behind a
+    /// decision that is not made at once go to [`ServerSession::handle_input`], which keeps
+    /// them. While the session still holds bytes from `handle_input`, these join them.
+    pub fn handle_input_until_decision(&mut self, data: &[u8], now: Instant) -> usize {
+        if !self.input.is_empty() || !self.keeps_input() {
+            // Behind held bytes (order), or dropped as `handle_input` drops them.
+            self.handle_input(data, now);
+            return data.len();
+        }
+        self.now = now;
+        if data.is_empty() {
+            return 0;
+        }
+        self.last_activity = now;
+        let used = self.process(data);
+        if !self.keeps_input() {
+            // Closed, or STARTTLS accepted: what followed is dropped, as `handle_input` does
+            // (plaintext pipelined behind STARTTLS must not reach the TLS session).
+            return data.len();
+        }
+        if self.waiting == Waiting::Nothing && self.output.len() < self.config.max_pending_output {
+            // Stopped inside a command line: its start is kept, as `handle_input` keeps it.
+            self.input.extend_from_slice(&data[used..]);
+            return data.len();
+        }
+        used
+    }
+
     /// The client closed its side of the connection.
     pub fn handle_eof(&mut self, now: Instant) {
         self.now = now;
@@ -486,7 +528,7 @@ impl ServerSession {
     }
 
     /// The envelope being built: the sender while [`ServerEvent::MailFrom`] waits, and the
-    /// accepted recipients so far.
+    /// accepted recipients so far (without the `XSHADOW=` id, see [`ReceivedMessage::shadow`]).
     pub fn pending_envelope(&self) -> Option<&Envelope> {
         self.transaction.as_ref().map(|t| &t.envelope)
     }
@@ -494,6 +536,27 @@ impl ServerSession {
     /// The recipient [`ServerEvent::RcptTo`] asks about.
     pub fn pending_recipient(&self) -> Option<&Recipient> {
         self.transaction.as_ref()?.pending_recipient.as_ref()
+    }
+
+    /// Hands over the message [`ServerEvent::MessageComplete`] announced: once, between that
+    /// event and `message_stored` / `message_rejected` (`None` otherwise).
+    pub fn take_message(&mut self) -> Option<ReceivedMessage> {
+        // The complete message stays in its transaction until now: one move, not three.
+        if self.waiting != Waiting::Message {
+            return None;
+        }
+        let t = self.transaction.take()?;
+        let helo = match &self.hello {
+            Hello::None => Arc::from(""),
+            Hello::Helo(name) | Hello::Ehlo(name) => Arc::clone(name),
+        };
+        Some(ReceivedMessage {
+            helo,
+            envelope: t.envelope,
+            body: t.body,
+            shadow: t.shadow,
+            via_bdat: t.bdat_started,
+        })
     }
 
     /// The shadow context accepted with XSHADOW in this session, if any.
@@ -522,17 +585,30 @@ impl ServerSession {
 
     /// Sends the reply that ends a decision and resumes held-back input.
     fn decided(&mut self, answer: &Reply<'_>, now: Instant) {
+        self.send(answer);
+        self.resume(now);
+    }
+
+    /// [`ServerSession::decided`] with a fixed reply, already in wire form.
+    fn decided_with(&mut self, answer: &[u8], now: Instant) {
+        self.output.extend_from_slice(answer);
+        self.resume(now);
+    }
+
+    /// Ends the wait for a decision and handles held-back input.
+    fn resume(&mut self, now: Instant) {
         self.now = now;
         self.last_activity = now;
         self.waiting = Waiting::Nothing;
-        self.send(answer);
-        self.process_buffered();
+        if !self.input.is_empty() {
+            self.process_buffered();
+        }
     }
 
     /// Accepts the sender: `250 2.1.0 Sender OK`.
     pub fn accept_mail(&mut self, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Mail, "accept_mail")?;
-        self.decided(&reply(250, enhanced(2, 1, 0), "Sender OK"), now);
+        self.decided_with(SENDER_OK, now);
         Ok(())
     }
 
@@ -552,7 +628,7 @@ impl ServerSession {
         {
             t.envelope.recipients.push(r);
         }
-        self.decided(&reply(250, enhanced(2, 1, 5), "Recipient OK"), now);
+        self.decided_with(RECIPIENT_OK, now);
         Ok(())
     }
 
@@ -569,16 +645,15 @@ impl ServerSession {
     /// The message is stored durably: `250 2.6.0 Queued mail for delivery`.
     pub fn message_stored(&mut self, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Message, "message_stored")?;
-        self.decided(
-            &reply(250, enhanced(2, 6, 0), "Queued mail for delivery"),
-            now,
-        );
+        self.transaction = None;
+        self.decided_with(QUEUED, now);
         Ok(())
     }
 
     /// The message was not taken (for example `452 4.3.1 Insufficient system storage`).
     pub fn message_rejected(&mut self, answer: Reply<'_>, now: Instant) -> Result<(), ApiError> {
         self.expect(Waiting::Message, "message_rejected")?;
+        self.transaction = None;
         self.decided(&answer, now);
         Ok(())
     }
@@ -668,7 +743,10 @@ impl ServerSession {
 
     fn close(&mut self, reason: CloseReason) {
         self.closed = true;
-        self.transaction = None;
+        if self.waiting != Waiting::Message {
+            // A complete message stays until `take_message`: its event came before this one.
+            self.transaction = None;
+        }
         self.mode = Mode::Commands;
         self.input = Vec::new();
         self.input_at = 0;
@@ -819,10 +897,13 @@ impl ServerSession {
         match command {
             Command::Ehlo { domain } => self.hello(domain.into_owned(), true),
             Command::Helo { domain } => self.hello(domain.into_owned(), false),
-            Command::Mail { from, params } => {
+            Command::Mail { from, mut params } => {
                 if let Some(refusal) = self.mail_refusal(&from, &params) {
                     return self.error(&refusal);
                 }
+                // The `XSHADOW=` id is made shared once, for the tag, not owned for the
+                // envelope first.
+                let shadow = params.xshadow.take().and_then(|id| self.shadow_tag(&id));
                 let size = MessageSize::new(self.config.max_message_size);
                 self.transaction = Some(Transaction {
                     envelope: Envelope {
@@ -830,6 +911,7 @@ impl ServerSession {
                         params: params.into_owned(),
                         recipients: Recipients::new(),
                     },
+                    shadow,
                     pending_recipient: None,
                     body: Vec::new(),
                     size,
@@ -871,11 +953,7 @@ impl ServerSession {
                         let hint = t.envelope.params.size.unwrap_or(0);
                         reserve_body(&mut t.body, hint, self.config.max_message_size);
                     }
-                    self.send(&reply(
-                        354,
-                        None,
-                        "Start mail input; end with <CRLF>.<CRLF>",
-                    ));
+                    self.output.extend_from_slice(START_MAIL_INPUT);
                     self.mode = Mode::Data(DotReader::with_limit(self.config.max_message_size));
                 }
             },
@@ -901,9 +979,9 @@ impl ServerSession {
             }
             Command::Rset => {
                 self.transaction = None;
-                self.send(&reply(250, enhanced(2, 0, 0), "OK"));
+                self.output.extend_from_slice(OK);
             }
-            Command::Noop => self.send(&reply(250, enhanced(2, 0, 0), "OK")),
+            Command::Noop => self.output.extend_from_slice(OK),
             Command::Quit => {
                 self.send(&reply(
                     221,
@@ -1139,7 +1217,7 @@ impl ServerSession {
             self.transaction = None;
             return self.send(&size_exceeded());
         }
-        self.complete(false);
+        self.complete();
     }
 
     /// The end of one BDAT chunk.
@@ -1155,55 +1233,52 @@ impl ServerSession {
             .as_ref()
             .is_some_and(|t| t.size.is_over_limit());
         if !chunk.is_last() {
-            let text = format!("{} octets received", chunk.size());
-            return self.send(&Reply::new(250, enhanced(2, 0, 0), text));
+            // `250 2.0.0 <size> octets received`, without formatting a text per chunk.
+            self.output.extend_from_slice(b"250 2.0.0 ");
+            crate::wire::write_decimal(&mut self.output, chunk.size());
+            return self.output.extend_from_slice(b" octets received\r\n");
         }
         if over {
             self.transaction = None;
             return self.send(&size_exceeded());
         }
-        self.complete(true);
+        self.complete();
     }
 
-    fn complete(&mut self, via_bdat: bool) {
-        let Some(t) = self.transaction.take() else {
-            return;
-        };
-        let helo = match &self.hello {
-            Hello::None => Arc::from(""),
-            Hello::Helo(name) | Hello::Ehlo(name) => Arc::clone(name),
-        };
-        let shadow = t.envelope.params.xshadow.as_ref().and_then(|id| {
-            let discard_id = Arc::<str>::from(&**id);
-            match &self.shadow {
-                Shadow::None => None,
-                Shadow::Primary { context } => Some(ShadowTag::Primary {
-                    context: context.clone(),
-                    discard_id,
-                }),
-                Shadow::CopyFor {
-                    primary,
-                    database_id,
-                } => Some(ShadowTag::CopyFor {
-                    primary: primary.clone(),
-                    database_id: database_id.clone(),
-                    discard_id,
-                }),
-            }
-        });
-        let message = ReceivedMessage {
-            helo,
-            envelope: t.envelope,
-            body: t.body,
-            shadow,
-            via_bdat,
-        };
-        self.wait(
-            Waiting::Message,
-            ServerEvent::MessageComplete(Box::new(message)),
-        );
+    /// The shadow tag of a message sent with `XSHADOW=<discard_id>` in this session.
+    fn shadow_tag(&self, discard_id: &str) -> Option<ShadowTag> {
+        match &self.shadow {
+            Shadow::None => None,
+            Shadow::Primary { context } => Some(ShadowTag::Primary {
+                context: context.clone(),
+                discard_id: discard_id.into(),
+            }),
+            Shadow::CopyFor {
+                primary,
+                database_id,
+            } => Some(ShadowTag::CopyFor {
+                primary: primary.clone(),
+                database_id: database_id.clone(),
+                discard_id: discard_id.into(),
+            }),
+        }
+    }
+
+    /// The transaction's message is complete; it stays there until `take_message`.
+    fn complete(&mut self) {
+        if self.transaction.is_some() {
+            self.wait(Waiting::Message, ServerEvent::MessageComplete);
+        }
     }
 }
+
+/// The replies every accepted message gets, in wire form: fixed texts, so they are written
+/// without building a [`Reply`] (a test checks each against what `Reply` writes).
+const SENDER_OK: &[u8] = b"250 2.1.0 Sender OK\r\n";
+const RECIPIENT_OK: &[u8] = b"250 2.1.5 Recipient OK\r\n";
+const QUEUED: &[u8] = b"250 2.6.0 Queued mail for delivery\r\n";
+const START_MAIL_INPUT: &[u8] = b"354 Start mail input; end with <CRLF>.<CRLF>\r\n";
+const OK: &[u8] = b"250 2.0.0 OK\r\n";
 
 /// Most bytes a body is grown by ahead of its content, whatever size the client announced:
 /// an announcement costs the client nothing, so it may not reserve much memory.
@@ -1248,6 +1323,36 @@ mod tests {
             Some(ForwardPath::Mailbox(m)) => m.to_string(),
             other => panic!("no pending recipient: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_fixed_replies_are_what_reply_writes() {
+        let cases = [
+            (SENDER_OK, reply(250, enhanced(2, 1, 0), "Sender OK")),
+            (RECIPIENT_OK, reply(250, enhanced(2, 1, 5), "Recipient OK")),
+            (
+                QUEUED,
+                reply(250, enhanced(2, 6, 0), "Queued mail for delivery"),
+            ),
+            (
+                START_MAIL_INPUT,
+                reply(354, None, "Start mail input; end with <CRLF>.<CRLF>"),
+            ),
+            (OK, reply(250, enhanced(2, 0, 0), "OK")),
+        ];
+        for (bytes, reply) in cases {
+            assert_eq!(
+                String::from_utf8_lossy(bytes),
+                String::from_utf8_lossy(&reply.to_bytes())
+            );
+        }
+        // A chunk that is not the last one.
+        let config = Arc::new(ServerConfig::new("mx.example"));
+        let mut session = ServerSession::new(config, false, Instant::now());
+        session.output.clear();
+        session.bdat_done(BdatChunk::new(1234, false), None);
+        let want = Reply::new(250, enhanced(2, 0, 0), "1234 octets received").to_bytes();
+        assert_eq!(session.output, want);
     }
 
     #[test]

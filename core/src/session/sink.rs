@@ -15,11 +15,11 @@ pub fn answer(
     session: &mut ServerSession,
     event: ServerEvent,
     now: Instant,
-) -> Result<Option<Box<ReceivedMessage>>, ApiError> {
+) -> Result<Option<ReceivedMessage>, ApiError> {
     match event {
         ServerEvent::MailFrom => session.accept_mail(now)?,
         ServerEvent::RcptTo => session.accept_rcpt(now)?,
-        ServerEvent::MessageComplete(message) => return Ok(Some(message)),
+        ServerEvent::MessageComplete => return Ok(session.take_message()),
         ServerEvent::XShadow { .. } => {
             session.reject_xshadow(Reply::command_not_implemented(), now)?;
         }
@@ -42,7 +42,7 @@ pub fn drain(
     session: &mut ServerSession,
     out: &mut Vec<u8>,
     now: Instant,
-) -> Result<Option<Box<ReceivedMessage>>, ApiError> {
+) -> Result<Option<ReceivedMessage>, ApiError> {
     loop {
         let mut moved = session.poll_transmit(out).is_some();
         while let Some(event) = session.poll_event() {
@@ -79,7 +79,7 @@ mod tests {
         session: &mut ServerSession,
         input: &[u8],
         now: Instant,
-    ) -> (String, Option<Box<ReceivedMessage>>) {
+    ) -> (String, Option<ReceivedMessage>) {
         session.handle_input(input, now);
         let mut out = Vec::new();
         let message = drain(session, &mut out, now).unwrap();

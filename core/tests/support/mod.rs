@@ -913,7 +913,9 @@ impl World {
                                             session.accept_rcpt(now).unwrap();
                                         }
                                     }
-                                    ServerEvent::MessageComplete(m) => {
+                                    ServerEvent::MessageComplete => {
+                                        let m =
+                                            session.take_message().expect("the complete message");
                                         let null = matches!(m.envelope.from, ReversePath::Null);
                                         let to = m
                                             .envelope
