@@ -1632,8 +1632,10 @@ impl Node {
             if due > self.now {
                 break;
             }
-            self.queue.remove(&(due, id));
-            self.parked.remove(&(due, id));
+            self.queue.pop_first();
+            if !self.parked.is_empty() {
+                self.parked.remove(&(due, id));
+            }
             let Some(m) = self.messages.get(&id) else {
                 continue;
             };
