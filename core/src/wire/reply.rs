@@ -127,6 +127,19 @@ impl<'a> Reply<'a> {
 
     /// Appends the reply's wire form (`250-first`, ..., `250 last`, each ending in CRLF).
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        if let [line] = self.lines.as_slice()
+            && self
+                .enhanced
+                .is_none_or(|s| s.class < 10 && s.subject < 10 && s.detail < 10)
+        {
+            write_one_line(out, self.code, self.enhanced, line.as_bytes());
+            return;
+        }
+        self.write_lines(out);
+    }
+
+    /// [`Reply::write_to`] for any reply, line by line.
+    fn write_lines(&self, out: &mut Vec<u8>) {
         let last = self.lines.len().saturating_sub(1);
         for (i, line) in self.lines.iter().enumerate() {
             write_code(out, self.code);
@@ -157,6 +170,45 @@ impl<'a> Reply<'a> {
         self.write_to(&mut out);
         out
     }
+}
+
+/// [`Reply::write_to`] for the usual reply: one line, with no enhanced status code or one of
+/// one digit each. The same bytes, with one reservation and a fixed-size copy for the code and
+/// status code.
+fn write_one_line(out: &mut Vec<u8>, code: u16, enhanced: Option<EnhancedStatus>, text: &[u8]) {
+    let code = code.min(999);
+    let [a, b, c] = [
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ];
+    out.reserve(text.len() + 12);
+    match enhanced {
+        Some(status) => {
+            let (subject, detail) = (status.subject as u8, status.detail as u8);
+            out.extend_from_slice(&[
+                a,
+                b,
+                c,
+                b' ',
+                b'0' + status.class,
+                b'.',
+                b'0' + subject,
+                b'.',
+                b'0' + detail,
+            ]);
+            if !text.is_empty() {
+                out.push(b' ');
+                out.extend_from_slice(text);
+            }
+        }
+        None if text.is_empty() => out.extend_from_slice(&[a, b, c]),
+        None => {
+            out.extend_from_slice(&[a, b, c, b' ']);
+            out.extend_from_slice(text);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_code(out: &mut Vec<u8>, code: u16) {
@@ -1209,6 +1261,30 @@ mod tests {
             }
             Ok(None) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn a_one_line_reply_is_written_as_the_general_writer_writes_it() {
+        let statuses = [
+            None,
+            Some(EnhancedStatus::new(2, 1, 0)),
+            Some(EnhancedStatus::new(5, 9, 9)),
+            Some(EnhancedStatus::new(4, 10, 0)),
+            Some(EnhancedStatus::new(4, 0, 10)),
+            Some(EnhancedStatus::new(12, 0, 0)),
+        ];
+        for code in [200, 250, 354, 599, 1000, 0] {
+            for enhanced in statuses {
+                for text in ["", "OK", "Queued mail for delivery", "Grüße"] {
+                    let reply = Reply::new(code, enhanced, text);
+                    let mut fast = b"before".to_vec();
+                    reply.write_to(&mut fast);
+                    let mut general = b"before".to_vec();
+                    reply.write_lines(&mut general);
+                    assert_eq!(fast, general, "{reply:?}");
+                }
+            }
         }
     }
 
