@@ -354,10 +354,18 @@ fn is_token(value: &str) -> bool {
 
 /// `1*DIGIT` as a u64; `None` for anything else, overflow included.
 fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    super::parse_decimal(s.as_bytes())
+}
+
+/// `s` up to its first space, and the rest after that space (empty when there is none).
+fn split_at_space(s: &str) -> (&str, &str) {
+    match s.bytes().position(|b| b == b' ') {
+        Some(at) => (
+            s.get(..at).unwrap_or_default(),
+            s.get(at + 1..).unwrap_or_default(),
+        ),
+        None => (s, ""),
     }
-    s.parse().ok()
 }
 
 impl<'a> Command<'a> {
@@ -483,17 +491,17 @@ impl<'a> Command<'a> {
             Verb::StartTls => none().map(|()| Command::StartTls),
             Verb::Noop => Ok(Command::Noop),
             Verb::Bdat => {
-                let mut words = required()?.split(' ').filter(|w| !w.is_empty());
-                let size = words
-                    .next()
-                    .and_then(parse_decimal)
-                    .ok_or(K::InvalidArgument)?;
-                let last = match words.next() {
-                    None => false,
-                    Some(w) if w.eq_ignore_ascii_case("LAST") => true,
-                    Some(_) => return Err(K::InvalidArgument),
+                // The words of the arguments (which have no space at either end), one
+                // space or more apart: the size, then maybe LAST, then nothing.
+                let (size, rest) = split_at_space(required()?);
+                let size = parse_decimal(size).ok_or(K::InvalidArgument)?;
+                let (word, rest) = split_at_space(trim_start_spaces(rest));
+                let last = match word {
+                    "" => false,
+                    w if w.eq_ignore_ascii_case("LAST") => true,
+                    _ => return Err(K::InvalidArgument),
                 };
-                if words.next().is_some() {
+                if !trim_start_spaces(rest).is_empty() {
                     return Err(K::InvalidArgument);
                 }
                 Ok(Command::Bdat { size, last })
@@ -769,6 +777,38 @@ mod tests {
                 is_token(&value),
                 !value.contains(|c: char| c.is_control() || c == ' ')
             );
+        }
+
+        /// BDAT's arguments read as its words were first read: split at spaces, empty
+        /// words dropped, the size then maybe LAST.
+        #[test]
+        fn bdat_arguments_are_read_as_words(args in "[ 0-9LASTlast+xé]{0,30}") {
+            let reference = (|| {
+                let args = trim_spaces(&args);
+                if args.is_empty() {
+                    return Err(CommandErrorKind::MissingArgument);
+                }
+                let mut words = args.split(' ').filter(|w| !w.is_empty());
+                let size = words
+                    .next()
+                    .filter(|w| w.len() <= 20 && w.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .ok_or(CommandErrorKind::InvalidArgument)?;
+                let last = match words.next() {
+                    None => false,
+                    Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+                    Some(_) => return Err(CommandErrorKind::InvalidArgument),
+                };
+                if words.next().is_some() {
+                    return Err(CommandErrorKind::InvalidArgument);
+                }
+                Ok(Command::Bdat { size, last })
+            })();
+            let line = format!("BDAT {args}");
+            let parsed = Command::parse(line.as_bytes())
+                .map(Command::into_owned)
+                .map_err(|e| e.kind);
+            prop_assert_eq!(parsed, reference.map(Command::into_owned));
         }
 
         #[test]

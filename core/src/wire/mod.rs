@@ -37,6 +37,23 @@ pub const MAX_SHADOW_FIELD: usize = 255;
 /// The default longest command or reply line, CRLF included, in bytes.
 pub const DEFAULT_MAX_LINE: usize = 4096;
 
+/// `1*DIGIT`, at most 20 of them, as a u64; `None` for anything else, overflow included
+/// (what `u64::from_str` gives after a digits-only check, in one walk over the bytes).
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in digits {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    Some(n)
+}
+
 /// `00`, `01`, ... `99`: two digits of [`write_decimal`] per division.
 const DIGIT_PAIRS: &[u8; 200] = b"\
     0001020304050607080910111213141516171819\
@@ -98,6 +115,39 @@ fn digit_pair(n: usize) -> [u8; 2] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parse_decimal_accepts_what_a_digits_check_and_from_str_accept() {
+        let cases = [
+            "",
+            "0",
+            "7",
+            "1417",
+            "007",
+            "+5",
+            "-1",
+            " 1",
+            "1 ",
+            "1a",
+            "a",
+            "\u{661}",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "000000000000000000001",
+            "00000000000000000001",
+            "1844674407370955161a",
+        ];
+        for s in cases {
+            let expected =
+                if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) {
+                    s.parse::<u64>().ok()
+                } else {
+                    None
+                };
+            assert_eq!(super::parse_decimal(s.as_bytes()), expected, "{s:?}");
+        }
+    }
+
     #[test]
     fn write_decimal_writes_what_display_writes() {
         let mut values = vec![

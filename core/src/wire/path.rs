@@ -229,17 +229,16 @@ fn checked_mailbox<'a>(
         return Err(PathError::TooLong);
     }
     // Both parsers read `local-part@domain` as adjacent slices of `input`: borrow it whole.
+    // The slices are where their addresses say (one byte apart, that byte `@`), so the
+    // text is theirs without comparing it.
     let start = (local_part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
-    let end = start + local_part.len() + 1 + domain.len();
-    let mailbox = match input.get(start..end) {
-        Some(text)
-            if text.strip_suffix(domain).and_then(|t| t.strip_suffix('@')) == Some(local_part) =>
-        {
-            Mailbox {
-                text: Cow::Borrowed(text),
-                at: local_part.len(),
-            }
-        }
+    let at = local_part.len();
+    let adjacent = (domain.as_ptr() as usize).wrapping_sub(local_part.as_ptr() as usize) == at + 1;
+    let mailbox = match input.get(start..start.wrapping_add(at + 1 + domain.len())) {
+        Some(text) if adjacent && text.as_bytes().get(at) == Some(&b'@') => Mailbox {
+            text: Cow::Borrowed(text),
+            at,
+        },
         _ => Mailbox::new(local_part, domain),
     };
     Ok((mailbox, rest))
