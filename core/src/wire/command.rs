@@ -368,6 +368,37 @@ fn split_at_space(s: &str) -> (&str, &str) {
     }
 }
 
+/// `bytes` without its leading spaces.
+fn skip_spaces(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
+    bytes.get(start..).unwrap_or_default()
+}
+
+/// The usual BDAT arguments, `SP size [SP LAST]` with any number of spaces around the words,
+/// read from the bytes: every byte it accepts is ASCII, so the line is UTF-8 and the general
+/// reading (UTF-8 check, trim, words) would give the same command. `None` for anything else,
+/// which the general reading then decides, errors included.
+fn parse_plain_bdat<'a>(rest: &[u8]) -> Option<Command<'a>> {
+    let rest = skip_spaces(rest);
+    let digits = rest
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let (size, rest) = rest.split_at_checked(digits)?;
+    let size = super::parse_decimal(size)?;
+    if !matches!(rest.first(), None | Some(b' ')) {
+        return None;
+    }
+    let last = match skip_spaces(rest) {
+        [] => return Some(Command::Bdat { size, last: false }),
+        [l, a, s, t, rest @ ..] if [*l, *a, *s, *t].eq_ignore_ascii_case(b"LAST") => rest,
+        _ => return None,
+    };
+    skip_spaces(last)
+        .is_empty()
+        .then_some(Command::Bdat { size, last: true })
+}
+
 impl<'a> Command<'a> {
     /// Parses one command line, without its CRLF.
     pub fn parse(line: &'a [u8]) -> Result<Command<'a>, CommandError> {
@@ -382,6 +413,11 @@ impl<'a> Command<'a> {
                 }),
             };
         };
+        if verb == Verb::Bdat
+            && let Some(bdat) = parse_plain_bdat(rest)
+        {
+            return Ok(bdat);
+        }
         // A known verb is ASCII, so the line is UTF-8 exactly when the rest of it is (and a
         // bare verb needs no check at all).
         let rest = match rest {
@@ -730,6 +766,44 @@ mod tests {
                     assert_eq!(Verb::from_bytes(&near), reference_verb(&near), "{near:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn bdat_lines_read_on_the_byte_path_give_what_the_general_reading_gives() {
+        let bdat = |size, last| Ok(Command::Bdat { size, last });
+        let err = |kind| Err(CommandError::new(Verb::Bdat, kind));
+        use CommandErrorKind::{InvalidArgument, MissingArgument, NotUtf8};
+        let cases: &[(&[u8], Result<Command<'_>, CommandError>)] = &[
+            (b"BDAT 1417 LAST", bdat(1417, true)),
+            (b"bdat 0 last", bdat(0, true)),
+            (b"BDAT  7  LaSt  ", bdat(7, true)),
+            (b"BDAT 7", bdat(7, false)),
+            (b"BDAT 7   ", bdat(7, false)),
+            (b"BDAT 18446744073709551615", bdat(u64::MAX, false)),
+            (b"BDAT 18446744073709551616", err(InvalidArgument)),
+            (b"BDAT 000000000000000000001", err(InvalidArgument)),
+            (b"BDAT", err(MissingArgument)),
+            (b"BDAT   ", err(MissingArgument)),
+            (b"BDAT 12a LAST", err(InvalidArgument)),
+            (b"BDAT 12 LASTX", err(InvalidArgument)),
+            (b"BDAT 12 LAS", err(InvalidArgument)),
+            (b"BDAT 12 LAST LAST", err(InvalidArgument)),
+            (b"BDAT LAST", err(InvalidArgument)),
+            (b"BDAT +12", err(InvalidArgument)),
+            (b"BDAT 12 \xff", err(NotUtf8)),
+            (b"BDAT 12 LAST\xff", err(NotUtf8)),
+            (b"BDAT \xff12", err(NotUtf8)),
+            (b"BDAT 12\tLAST", err(InvalidArgument)),
+            (b"BDAT 12 L\xc3\xa9ST", err(InvalidArgument)),
+        ];
+        for (line, want) in cases {
+            assert_eq!(
+                &Command::parse(line),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
