@@ -186,7 +186,7 @@ fn write_one_line(out: &mut Vec<u8>, code: u16, enhanced: Option<EnhancedStatus>
     match enhanced {
         Some(status) => {
             let (subject, detail) = (status.subject as u8, status.detail as u8);
-            out.extend_from_slice(&[
+            let head = [
                 a,
                 b,
                 c,
@@ -196,9 +196,12 @@ fn write_one_line(out: &mut Vec<u8>, code: u16, enhanced: Option<EnhancedStatus>
                 b'0' + subject,
                 b'.',
                 b'0' + detail,
-            ]);
-            if !text.is_empty() {
-                out.push(b' ');
+                b' ',
+            ];
+            if text.is_empty() {
+                out.extend_from_slice(&head[..9]);
+            } else {
+                out.extend_from_slice(&head);
                 out.extend_from_slice(text);
             }
         }
