@@ -118,10 +118,15 @@ impl<'a> Reply<'a> {
 
     /// Copies every borrowed line so the reply outlives its input.
     pub fn into_owned(self) -> Reply<'static> {
+        let lines = match self.lines.into_inner() {
+            // One line, the usual reply: no iterator to build and collect.
+            Ok([line]) => SmallVec::from_buf([own_line(line)]),
+            Err(lines) => lines.into_iter().map(own_line).collect(),
+        };
         Reply {
             code: self.code,
             enhanced: self.enhanced,
-            lines: self.lines.into_iter().map(own_line).collect(),
+            lines,
         }
     }
 
@@ -1667,6 +1672,23 @@ mod tests {
             owned,
             Reply::multiline(250, Some(EnhancedStatus::new(2, 0, 0)), ["a", "b"])
         );
+    }
+
+    #[test]
+    fn into_owned_keeps_every_line_of_replies_of_any_length() {
+        for count in 0..4 {
+            let texts: Vec<String> = (0..count).map(|i| format!("line {i}")).collect();
+            let mut reply = Reply::multiline(250, None, texts.iter().map(String::as_str));
+            if count == 0 {
+                // `lines` is public: a reply built by hand may have none.
+                reply.lines.clear();
+            }
+            let expected = reply.clone();
+            let owned = reply.into_owned();
+            assert_eq!(owned, expected);
+            assert_eq!(owned.lines.len(), count);
+            assert!(owned.lines.iter().all(|l| matches!(l, Cow::Owned(_))));
+        }
     }
 
     #[test]
