@@ -127,6 +127,7 @@ pub struct RcptParams<'a> {
 }
 
 /// Splits `SP`-separated `keyword[=value]` items, checking the keyword and value grammar.
+#[inline(always)]
 fn split_params(input: &str) -> impl Iterator<Item = Result<(&str, Option<&str>), ParamError>> {
     let mut rest = input;
     std::iter::from_fn(move || {
@@ -188,6 +189,7 @@ fn value_run(bytes: &[u8]) -> usize {
 /// malformed and [`malformed_item`] names the keyword as the split would have. Working on
 /// bytes is exact: the line is UTF-8, so every byte of a non-ASCII character is 0x80 or more,
 /// and every such byte belongs to one (never a space or `=`).
+#[inline(always)]
 fn next_param<'a>(rest: &mut &'a str) -> Option<Result<(&'a str, Option<&'a str>), ParamError>> {
     let start = rest.bytes().position(|b| b != b' ')?;
     let item = rest.get(start..)?;
@@ -334,8 +336,9 @@ fn body_type(value: &str) -> Option<BodyType> {
 }
 
 fn decode_xtext<'a>(keyword: &str, value: Option<&'a str>) -> Result<Cow<'a, str>, ParamError> {
+    // Values come from `next_param`, which checked their bytes.
     value
-        .and_then(|v| xtext::decode(v).ok())
+        .and_then(|v| xtext::decode_param_value(v).ok())
         .filter(|v| !v.is_empty())
         .ok_or_else(|| malformed(keyword))
 }
