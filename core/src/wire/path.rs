@@ -16,7 +16,7 @@ use nom::combinator::{opt, recognize, verify};
 use nom::multi::{many0_count, separated_list1};
 use nom::sequence::{delimited, preceded, terminated};
 use nom::{IResult, Parser};
-use smol_str::{SmolStr, SmolStrBuilder};
+use smol_str::SmolStr;
 
 /// Longest local part, in bytes (RFC 5321 §4.5.3.1.1).
 pub const MAX_LOCAL_PART: usize = 64;
@@ -117,11 +117,8 @@ impl<'a> Mailbox<'a> {
         let (local_part, domain) = (local_part.as_ref(), domain.as_ref());
         let len = local_part.len() + 1 + domain.len();
         let text = if len <= SmolStr::INLINE_CAP {
-            let mut text = SmolStrBuilder::new();
-            text.push_str(local_part);
-            text.push('@');
-            text.push_str(domain);
-            Text::Inline(text.finish())
+            // Copied piece by piece into the inline buffer (no UTF-8 check, no allocation).
+            Text::Inline(SmolStr::from_iter([local_part, "@", domain]))
         } else {
             let mut text = String::with_capacity(len);
             text.push_str(local_part);
