@@ -735,27 +735,43 @@ impl ReplyReader {
             let window_end = rest.len().min(self.max_line);
             let from = self.scanned.min(window_end);
             let window = rest.get(from..window_end).unwrap_or_default();
-            let Some(at) = memchr(b'\n', window) else {
-                if rest.len() >= self.max_line {
-                    return Err(ReplyError::LineTooLong {
-                        line: line_no,
-                        max: self.max_line,
-                    });
-                }
-                self.scanned = window_end;
-                return Ok(None);
-            };
-            let lf = from + at;
-            let line = rest
-                .get(..lf)
-                .and_then(|l| l.strip_suffix(b"\r"))
-                .ok_or(ReplyError::BareLineBreak { line: line_no })?;
             // The usual line, with no control byte up to CR and only ASCII, passes one
             // eight-bytes-at-a-time check; any other line gets the exact checks, CR and LF
             // first (a bare CR or LF is reported before a bad code, a bad code before bad
-            // UTF-8).
-            let plain = first_flagged(line, |word| bytes_below(word, b'\r' + 1) | non_ascii(word))
-                == line.len();
+            // UTF-8). A line read from its start gets that check first: the first byte it
+            // flags, when that is a CR followed by LF, is the line's end (LF is flagged too,
+            // so none comes before), and no search for the LF is needed.
+            let plain_end = if from == 0 {
+                let end = first_flagged(window, |word| {
+                    bytes_below(word, b'\r' + 1) | non_ascii(word)
+                });
+                (window.get(end..end + 2) == Some(b"\r\n")).then_some(end)
+            } else {
+                None
+            };
+            let (lf, line, plain) = if let Some(end) = plain_end {
+                (end + 1, window.get(..end).unwrap_or_default(), true)
+            } else {
+                let Some(at) = memchr(b'\n', window) else {
+                    if rest.len() >= self.max_line {
+                        return Err(ReplyError::LineTooLong {
+                            line: line_no,
+                            max: self.max_line,
+                        });
+                    }
+                    self.scanned = window_end;
+                    return Ok(None);
+                };
+                let lf = from + at;
+                let line = rest
+                    .get(..lf)
+                    .and_then(|l| l.strip_suffix(b"\r"))
+                    .ok_or(ReplyError::BareLineBreak { line: line_no })?;
+                let plain =
+                    first_flagged(line, |word| bytes_below(word, b'\r' + 1) | non_ascii(word))
+                        == line.len();
+                (lf, line, plain)
+            };
             if !plain && memchr2(b'\r', b'\n', line).is_some() {
                 return Err(ReplyError::BareLineBreak { line: line_no });
             }
