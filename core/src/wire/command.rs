@@ -457,10 +457,17 @@ impl<'a> Command<'a> {
                 params: MailParams::default(),
             });
         }
-        match MailParams::parse(rest) {
-            Ok(params) => Ok(Command::Mail { from, params }),
-            Err(e) => Err(error(K::BadParameter(e))),
+        // The parameters are read straight into the command to return, not moved there.
+        let mut command = Command::Mail {
+            from,
+            params: MailParams::default(),
+        };
+        if let Command::Mail { params, .. } = &mut command {
+            params
+                .parse_into(rest)
+                .map_err(|e| error(K::BadParameter(e)))?;
         }
+        Ok(command)
     }
 
     /// `TO:<forward-path> [params]`, the arguments of RCPT (see [`Command::parse_mail`]).

@@ -351,6 +351,15 @@ impl<'a> MailParams<'a> {
             return Ok(Self::default());
         }
         let mut params = MailParams::default();
+        params.parse_into(input)?;
+        Ok(params)
+    }
+
+    /// [`MailParams::parse`] into `self`, which starts empty: a caller that holds the
+    /// parameters inside a larger value (a `Command::Mail`) fills them in place instead of
+    /// moving them there. On an error `self` holds what was read before it.
+    pub(crate) fn parse_into(&mut self, input: &'a str) -> Result<(), ParamError> {
+        let params = self;
         for item in split_params(input) {
             let (keyword, value) = item?;
             match mail_keyword(keyword) {
@@ -397,7 +406,7 @@ impl<'a> MailParams<'a> {
                 None => push_other(&mut params.other, keyword, value)?,
             }
         }
-        Ok(params)
+        Ok(())
     }
 
     /// Appends ` KEYWORD=value` for every parameter, known ones first in a fixed order.
