@@ -649,6 +649,10 @@ impl ReplyReader {
     /// Reads the reply at the front of `buf`: `Ok(Some((reply, consumed)))` once it is whole
     /// (the caller then drops `consumed` bytes), `Ok(None)` when more bytes are needed, `Err`
     /// when the peer sent something that is not a valid reply within the limits.
+    ///
+    /// Inlined into its caller: the two usual calls, an empty buffer and a one-line reply with
+    /// a known text, are answered there; everything else is read out of line.
+    #[inline]
     pub fn read<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Reply<'b>, usize)>, ReplyError> {
         if buf.is_empty() && self.max_line > 0 {
             // Nothing to read, as when a caller reads until no reply is left: the answer the
@@ -657,14 +661,26 @@ impl ReplyReader {
             self.reset();
             return Ok(None);
         }
-        let fresh = self.line_start == 0 && self.scanned == 0 && self.lines == 0;
-        if fresh && self.max_lines > 0 {
-            if let Some(known) = read_known_line(buf, self.max_line) {
-                return Ok(Some(known));
-            }
-            if let Some(whole) = self.read_plain_line(buf) {
-                return Ok(Some(whole));
-            }
+        if self.is_fresh()
+            && let Some(known) = read_known_line(buf, self.max_line)
+        {
+            return Ok(Some(known));
+        }
+        self.read_other(buf)
+    }
+
+    /// True with nothing of a reply read yet and room for its first line.
+    fn is_fresh(&self) -> bool {
+        self.line_start == 0 && self.scanned == 0 && self.lines == 0 && self.max_lines > 0
+    }
+
+    /// [`ReplyReader::read`] past its inlined short path.
+    #[inline(never)]
+    fn read_other<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Reply<'b>, usize)>, ReplyError> {
+        if self.is_fresh()
+            && let Some(whole) = self.read_plain_line(buf)
+        {
+            return Ok(Some(whole));
         }
         self.read_general(buf)
     }
