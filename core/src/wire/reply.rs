@@ -131,6 +131,7 @@ impl<'a> Reply<'a> {
     }
 
     /// Appends the reply's wire form (`250-first`, ..., `250 last`, each ending in CRLF).
+    #[inline]
     pub fn write_to(&self, out: &mut Vec<u8>) {
         if let [line] = self.lines.as_slice()
             && self
@@ -144,6 +145,7 @@ impl<'a> Reply<'a> {
     }
 
     /// [`Reply::write_to`] for any reply, line by line.
+    #[inline(never)]
     fn write_lines(&self, out: &mut Vec<u8>) {
         let last = self.lines.len().saturating_sub(1);
         for (i, line) in self.lines.iter().enumerate() {
