@@ -282,10 +282,18 @@ const fn folded(word: &[u8]) -> u64 {
 }
 
 /// [`folded`] of a keyword or value of one to eight bytes; `None` for any other length.
+///
+/// Four to eight bytes are packed from two four-byte loads, its first and its last four
+/// bytes, the last shifted into place: where the two overlap they hold the same bytes.
 fn folded_word(word: &str) -> Option<u64> {
     let bytes = word.as_bytes();
-    match bytes.len() {
-        1..=8 => Some(folded(bytes)),
+    match (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        (Some(first), Some(last)) if bytes.len() <= 8 => {
+            let first = u64::from(u32::from_le_bytes(*first));
+            let last = u64::from(u32::from_le_bytes(*last)) << (8 * (bytes.len() - 4));
+            Some((first | last) | (0x2020_2020_2020_2020 >> (8 * (8 - bytes.len()))))
+        }
+        _ if (1..4).contains(&bytes.len()) => Some(folded(bytes)),
         _ => None,
     }
 }
@@ -817,6 +825,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn folded_words_pack_as_folded_does(word in "[ -~]{0,10}") {
+            let want = (1..=8).contains(&word.len()).then(|| folded(word.as_bytes()));
+            prop_assert_eq!(folded_word(&word), want);
+        }
+
         #[test]
         fn keyword_and_body_type_recognition_agrees_with_the_reference(
             word in "[A-Za-z0-9-]{0,10}",
