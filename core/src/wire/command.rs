@@ -301,10 +301,29 @@ pub(crate) fn write_rcpt(out: &mut Vec<u8>, to: &ForwardPath<'_>, params: &RcptP
     params.write_to(out);
 }
 
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+/// `args` after `FROM:` (the letters in any case), as `strip_prefix_ignore_case` gives it:
+/// the four letters are compared as one word with the ASCII case bit set (exact for letters,
+/// see [`Verb::from_four_letters`]), the colon as it is.
+fn strip_from(args: &str) -> Option<&str> {
+    match args.as_bytes() {
+        [f, r, o, m, b':', ..]
+            if u32::from_le_bytes([*f, *r, *o, *m]) | 0x2020_2020
+                == u32::from_le_bytes(*b"from") =>
+        {
+            args.get(5..)
+        }
+        _ => None,
+    }
+}
+
+/// `args` after `TO:` (the letters in any case), as [`strip_from`] reads `FROM:`.
+fn strip_to(args: &str) -> Option<&str> {
+    match args.as_bytes() {
+        [t, o, b':', ..] if u16::from_le_bytes([*t, *o]) | 0x2020 == u16::from_le_bytes(*b"to") => {
+            args.get(3..)
+        }
+        _ => None,
+    }
 }
 
 /// `s` without its leading spaces; a byte loop, cheaper than a `char` pattern.
@@ -444,7 +463,7 @@ impl<'a> Command<'a> {
     fn parse_mail(args: &'a str) -> Result<Command<'a>, CommandError> {
         use CommandErrorKind as K;
         let error = |kind| CommandError::new(Verb::Mail, kind);
-        let rest = strip_prefix_ignore_case(args, "FROM:").ok_or(error(K::MissingArgument))?;
+        let rest = strip_from(args).ok_or(error(K::MissingArgument))?;
         let (from, rest) =
             parse_reverse_path(trim_start_spaces(rest)).map_err(|e| error(K::BadSender(e)))?;
         if !rest.is_empty() && !rest.starts_with(' ') {
@@ -475,7 +494,7 @@ impl<'a> Command<'a> {
     fn parse_rcpt(args: &'a str) -> Result<Command<'a>, CommandError> {
         use CommandErrorKind as K;
         let error = |kind| CommandError::new(Verb::Rcpt, kind);
-        let rest = strip_prefix_ignore_case(args, "TO:").ok_or(error(K::MissingArgument))?;
+        let rest = strip_to(args).ok_or(error(K::MissingArgument))?;
         let (to, rest) =
             parse_forward_path(trim_start_spaces(rest)).map_err(|e| error(K::BadRecipient(e)))?;
         if !rest.is_empty() && !rest.starts_with(' ') {
@@ -811,6 +830,55 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(line)
             );
+        }
+    }
+
+    /// The prefix match `strip_from` and `strip_to` replace.
+    fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+        let head = s.get(..prefix.len())?;
+        head.eq_ignore_ascii_case(prefix)
+            .then(|| &s[prefix.len()..])
+    }
+
+    #[test]
+    fn from_and_to_are_stripped_in_any_case_and_nothing_one_byte_off_is() {
+        for (prefix, strip) in [
+            ("FROM:", strip_from as fn(&str) -> Option<&str>),
+            ("TO:", strip_to),
+        ] {
+            for case in 0..1u32 << prefix.len() {
+                let mixed: String = prefix
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if case >> i & 1 == 1 {
+                            c.to_ascii_lowercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                for tail in ["", "<a@b>", " <>"] {
+                    let args = format!("{mixed}{tail}");
+                    assert_eq!(strip(&args), Some(tail), "{args}");
+                    assert_eq!(strip(&args), strip_prefix_ignore_case(&args, prefix));
+                }
+            }
+            for i in 0..prefix.len() {
+                for b in 0..=0x7fu8 {
+                    let mut near = prefix.as_bytes().to_vec();
+                    near[i] = b;
+                    near.extend_from_slice(b"<a@b>");
+                    let near = String::from_utf8(near).unwrap();
+                    assert_eq!(
+                        strip(&near),
+                        strip_prefix_ignore_case(&near, prefix),
+                        "{near:?}"
+                    );
+                }
+            }
+            assert_eq!(strip(&prefix[..prefix.len() - 1]), None);
+            assert_eq!(strip("FRÖM:x"), None);
         }
     }
 
