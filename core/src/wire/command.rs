@@ -301,10 +301,29 @@ pub(crate) fn write_rcpt(out: &mut Vec<u8>, to: &ForwardPath<'_>, params: &RcptP
     params.write_to(out);
 }
 
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+/// `args` after `FROM:` (the letters in any case), as `strip_prefix_ignore_case` gives it:
+/// the four letters are compared as one word with the ASCII case bit set (exact for letters,
+/// see [`Verb::from_four_letters`]), the colon as it is.
+fn strip_from(args: &str) -> Option<&str> {
+    match args.as_bytes() {
+        [f, r, o, m, b':', ..]
+            if u32::from_le_bytes([*f, *r, *o, *m]) | 0x2020_2020
+                == u32::from_le_bytes(*b"from") =>
+        {
+            args.get(5..)
+        }
+        _ => None,
+    }
+}
+
+/// `args` after `TO:` (the letters in any case), as [`strip_from`] reads `FROM:`.
+fn strip_to(args: &str) -> Option<&str> {
+    match args.as_bytes() {
+        [t, o, b':', ..] if u16::from_le_bytes([*t, *o]) | 0x2020 == u16::from_le_bytes(*b"to") => {
+            args.get(3..)
+        }
+        _ => None,
+    }
 }
 
 /// `s` without its leading spaces; a byte loop, cheaper than a `char` pattern.
@@ -354,10 +373,49 @@ fn is_token(value: &str) -> bool {
 
 /// `1*DIGIT` as a u64; `None` for anything else, overflow included.
 fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    super::parse_decimal(s.as_bytes())
+}
+
+/// `s` up to its first space, and the rest after that space (empty when there is none).
+fn split_at_space(s: &str) -> (&str, &str) {
+    match s.bytes().position(|b| b == b' ') {
+        Some(at) => (
+            s.get(..at).unwrap_or_default(),
+            s.get(at + 1..).unwrap_or_default(),
+        ),
+        None => (s, ""),
+    }
+}
+
+/// `bytes` without its leading spaces.
+fn skip_spaces(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
+    bytes.get(start..).unwrap_or_default()
+}
+
+/// The usual BDAT arguments, `SP size [SP LAST]` with any number of spaces around the words,
+/// read from the bytes: every byte it accepts is ASCII, so the line is UTF-8 and the general
+/// reading (UTF-8 check, trim, words) would give the same command. `None` for anything else,
+/// which the general reading then decides, errors included.
+fn parse_plain_bdat<'a>(rest: &[u8]) -> Option<Command<'a>> {
+    let rest = skip_spaces(rest);
+    let digits = rest
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let (size, rest) = rest.split_at_checked(digits)?;
+    let size = super::parse_decimal(size)?;
+    if !matches!(rest.first(), None | Some(b' ')) {
         return None;
     }
-    s.parse().ok()
+    let last = match skip_spaces(rest) {
+        [] => return Some(Command::Bdat { size, last: false }),
+        [l, a, s, t, rest @ ..] if [*l, *a, *s, *t].eq_ignore_ascii_case(b"LAST") => rest,
+        _ => return None,
+    };
+    skip_spaces(last)
+        .is_empty()
+        .then_some(Command::Bdat { size, last: true })
 }
 
 impl<'a> Command<'a> {
@@ -374,6 +432,11 @@ impl<'a> Command<'a> {
                 }),
             };
         };
+        if verb == Verb::Bdat
+            && let Some(bdat) = parse_plain_bdat(rest)
+        {
+            return Ok(bdat);
+        }
         // A known verb is ASCII, so the line is UTF-8 exactly when the rest of it is (and a
         // bare verb needs no check at all).
         let rest = match rest {
@@ -400,7 +463,7 @@ impl<'a> Command<'a> {
     fn parse_mail(args: &'a str) -> Result<Command<'a>, CommandError> {
         use CommandErrorKind as K;
         let error = |kind| CommandError::new(Verb::Mail, kind);
-        let rest = strip_prefix_ignore_case(args, "FROM:").ok_or(error(K::MissingArgument))?;
+        let rest = strip_from(args).ok_or(error(K::MissingArgument))?;
         let (from, rest) =
             parse_reverse_path(trim_start_spaces(rest)).map_err(|e| error(K::BadSender(e)))?;
         if !rest.is_empty() && !rest.starts_with(' ') {
@@ -413,10 +476,17 @@ impl<'a> Command<'a> {
                 params: MailParams::default(),
             });
         }
-        match MailParams::parse(rest) {
-            Ok(params) => Ok(Command::Mail { from, params }),
-            Err(e) => Err(error(K::BadParameter(e))),
+        // The parameters are read straight into the command to return, not moved there.
+        let mut command = Command::Mail {
+            from,
+            params: MailParams::default(),
+        };
+        if let Command::Mail { params, .. } = &mut command {
+            params
+                .parse_into(rest)
+                .map_err(|e| error(K::BadParameter(e)))?;
         }
+        Ok(command)
     }
 
     /// `TO:<forward-path> [params]`, the arguments of RCPT (see [`Command::parse_mail`]).
@@ -424,7 +494,7 @@ impl<'a> Command<'a> {
     fn parse_rcpt(args: &'a str) -> Result<Command<'a>, CommandError> {
         use CommandErrorKind as K;
         let error = |kind| CommandError::new(Verb::Rcpt, kind);
-        let rest = strip_prefix_ignore_case(args, "TO:").ok_or(error(K::MissingArgument))?;
+        let rest = strip_to(args).ok_or(error(K::MissingArgument))?;
         let (to, rest) =
             parse_forward_path(trim_start_spaces(rest)).map_err(|e| error(K::BadRecipient(e)))?;
         if !rest.is_empty() && !rest.starts_with(' ') {
@@ -483,17 +553,17 @@ impl<'a> Command<'a> {
             Verb::StartTls => none().map(|()| Command::StartTls),
             Verb::Noop => Ok(Command::Noop),
             Verb::Bdat => {
-                let mut words = required()?.split(' ').filter(|w| !w.is_empty());
-                let size = words
-                    .next()
-                    .and_then(parse_decimal)
-                    .ok_or(K::InvalidArgument)?;
-                let last = match words.next() {
-                    None => false,
-                    Some(w) if w.eq_ignore_ascii_case("LAST") => true,
-                    Some(_) => return Err(K::InvalidArgument),
+                // The words of the arguments (which have no space at either end), one
+                // space or more apart: the size, then maybe LAST, then nothing.
+                let (size, rest) = split_at_space(required()?);
+                let size = parse_decimal(size).ok_or(K::InvalidArgument)?;
+                let (word, rest) = split_at_space(trim_start_spaces(rest));
+                let last = match word {
+                    "" => false,
+                    w if w.eq_ignore_ascii_case("LAST") => true,
+                    _ => return Err(K::InvalidArgument),
                 };
-                if words.next().is_some() {
+                if !trim_start_spaces(rest).is_empty() {
                     return Err(K::InvalidArgument);
                 }
                 Ok(Command::Bdat { size, last })
@@ -725,6 +795,93 @@ mod tests {
         }
     }
 
+    #[test]
+    fn bdat_lines_read_on_the_byte_path_give_what_the_general_reading_gives() {
+        let bdat = |size, last| Ok(Command::Bdat { size, last });
+        let err = |kind| Err(CommandError::new(Verb::Bdat, kind));
+        use CommandErrorKind::{InvalidArgument, MissingArgument, NotUtf8};
+        let cases: &[(&[u8], Result<Command<'_>, CommandError>)] = &[
+            (b"BDAT 1417 LAST", bdat(1417, true)),
+            (b"bdat 0 last", bdat(0, true)),
+            (b"BDAT  7  LaSt  ", bdat(7, true)),
+            (b"BDAT 7", bdat(7, false)),
+            (b"BDAT 7   ", bdat(7, false)),
+            (b"BDAT 18446744073709551615", bdat(u64::MAX, false)),
+            (b"BDAT 18446744073709551616", err(InvalidArgument)),
+            (b"BDAT 000000000000000000001", err(InvalidArgument)),
+            (b"BDAT", err(MissingArgument)),
+            (b"BDAT   ", err(MissingArgument)),
+            (b"BDAT 12a LAST", err(InvalidArgument)),
+            (b"BDAT 12 LASTX", err(InvalidArgument)),
+            (b"BDAT 12 LAS", err(InvalidArgument)),
+            (b"BDAT 12 LAST LAST", err(InvalidArgument)),
+            (b"BDAT LAST", err(InvalidArgument)),
+            (b"BDAT +12", err(InvalidArgument)),
+            (b"BDAT 12 \xff", err(NotUtf8)),
+            (b"BDAT 12 LAST\xff", err(NotUtf8)),
+            (b"BDAT \xff12", err(NotUtf8)),
+            (b"BDAT 12\tLAST", err(InvalidArgument)),
+            (b"BDAT 12 L\xc3\xa9ST", err(InvalidArgument)),
+        ];
+        for (line, want) in cases {
+            assert_eq!(
+                &Command::parse(line),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    /// The prefix match `strip_from` and `strip_to` replace.
+    fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+        let head = s.get(..prefix.len())?;
+        head.eq_ignore_ascii_case(prefix)
+            .then(|| &s[prefix.len()..])
+    }
+
+    #[test]
+    fn from_and_to_are_stripped_in_any_case_and_nothing_one_byte_off_is() {
+        for (prefix, strip) in [
+            ("FROM:", strip_from as fn(&str) -> Option<&str>),
+            ("TO:", strip_to),
+        ] {
+            for case in 0..1u32 << prefix.len() {
+                let mixed: String = prefix
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if case >> i & 1 == 1 {
+                            c.to_ascii_lowercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                for tail in ["", "<a@b>", " <>"] {
+                    let args = format!("{mixed}{tail}");
+                    assert_eq!(strip(&args), Some(tail), "{args}");
+                    assert_eq!(strip(&args), strip_prefix_ignore_case(&args, prefix));
+                }
+            }
+            for i in 0..prefix.len() {
+                for b in 0..=0x7fu8 {
+                    let mut near = prefix.as_bytes().to_vec();
+                    near[i] = b;
+                    near.extend_from_slice(b"<a@b>");
+                    let near = String::from_utf8(near).unwrap();
+                    assert_eq!(
+                        strip(&near),
+                        strip_prefix_ignore_case(&near, prefix),
+                        "{near:?}"
+                    );
+                }
+            }
+            assert_eq!(strip(&prefix[..prefix.len() - 1]), None);
+            assert_eq!(strip("FRÖM:x"), None);
+        }
+    }
+
     /// Bytes from verb names, spaces and anything else.
     fn verb_like(max: usize) -> impl Strategy<Value = Vec<u8>> {
         let byte = prop_oneof![
@@ -769,6 +926,38 @@ mod tests {
                 is_token(&value),
                 !value.contains(|c: char| c.is_control() || c == ' ')
             );
+        }
+
+        /// BDAT's arguments read as its words were first read: split at spaces, empty
+        /// words dropped, the size then maybe LAST.
+        #[test]
+        fn bdat_arguments_are_read_as_words(args in "[ 0-9LASTlast+xé]{0,30}") {
+            let reference = (|| {
+                let args = trim_spaces(&args);
+                if args.is_empty() {
+                    return Err(CommandErrorKind::MissingArgument);
+                }
+                let mut words = args.split(' ').filter(|w| !w.is_empty());
+                let size = words
+                    .next()
+                    .filter(|w| w.len() <= 20 && w.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .ok_or(CommandErrorKind::InvalidArgument)?;
+                let last = match words.next() {
+                    None => false,
+                    Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+                    Some(_) => return Err(CommandErrorKind::InvalidArgument),
+                };
+                if words.next().is_some() {
+                    return Err(CommandErrorKind::InvalidArgument);
+                }
+                Ok(Command::Bdat { size, last })
+            })();
+            let line = format!("BDAT {args}");
+            let parsed = Command::parse(line.as_bytes())
+                .map(Command::into_owned)
+                .map_err(|e| e.kind);
+            prop_assert_eq!(parsed, reference.map(Command::into_owned));
         }
 
         #[test]

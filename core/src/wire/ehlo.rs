@@ -113,7 +113,7 @@ impl<'a> EhloKeywords<'a> {
     pub fn lines(&self) -> impl Iterator<Item = Cow<'a, str>> + '_ {
         let size = self.size.map(|size| match size {
             SizeLimit::Unannounced => Cow::Borrowed("SIZE"),
-            SizeLimit::Max(n) => Cow::Owned(format!("SIZE {n}")),
+            SizeLimit::Max(n) => Cow::Owned(size_line(n)),
         });
         let flag = |on: bool, name: &'static str| on.then_some(Cow::Borrowed(name));
         let fixed = [
@@ -270,6 +270,15 @@ fn split_first_line<'a>(line: &Cow<'a, str>) -> (Cow<'a, str>, Option<Cow<'a, st
     }
 }
 
+/// `SIZE <n>`, written without `core::fmt` (every EHLO reply a server sends has it).
+fn size_line(n: u64) -> String {
+    let mut line = Vec::with_capacity(25);
+    line.extend_from_slice(b"SIZE ");
+    super::write_decimal(&mut line, n);
+    // Only ASCII was written, so this is never the fallback.
+    String::from_utf8(line).unwrap_or_else(|_| format!("SIZE {n}"))
+}
+
 /// A non-empty run of ASCII digits that fits in a `u64`.
 fn parse_decimal(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -283,6 +292,13 @@ mod tests {
     use super::*;
     use crate::wire::reply::parse_reply;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_size_line_is_what_format_writes() {
+        for n in [0, 7, 10, 9999, 10_000, 36_700_160, u64::MAX] {
+            assert_eq!(size_line(n), format!("SIZE {n}"));
+        }
+    }
 
     const TWELVE_LINES: &[u8] = b"250-edge1.example Hello hub1.example [192.0.2.1]\r\n\
         250-PIPELINING\r\n\

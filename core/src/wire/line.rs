@@ -65,6 +65,7 @@ impl LineReader {
     /// Looks for the next line at the front of `buf`. Returns what was found and how many
     /// bytes of `buf` the caller must now drop from its front. The caller passes the same
     /// unconsumed bytes again, with more appended, after [`Frame::NeedMore`].
+    #[inline]
     pub fn read<'a>(&mut self, buf: &'a [u8]) -> (Frame<'a>, usize) {
         let mut skipped = 0;
         if self.skipping {

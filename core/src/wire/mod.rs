@@ -37,22 +37,140 @@ pub const MAX_SHADOW_FIELD: usize = 255;
 /// The default longest command or reply line, CRLF included, in bytes.
 pub const DEFAULT_MAX_LINE: usize = 4096;
 
+/// `1*DIGIT`, at most 20 of them, as a u64; `None` for anything else, overflow included
+/// (what `u64::from_str` gives after a digits-only check, in one walk over the bytes).
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in digits {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    Some(n)
+}
+
+/// `00`, `01`, ... `99`: two digits of [`write_decimal`] per division.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
 /// Appends `n` in decimal, without going through `core::fmt` (hot in every writer).
-pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn write_decimal(out: &mut Vec<u8>, n: u64) {
     if n < 10 {
         // Most enhanced status numbers.
         out.push(b'0' + n as u8);
         return;
     }
+    if n < 10_000 {
+        // Message and chunk sizes of a few KiB: two digit pairs, one fixed-size copy.
+        let n = n as usize;
+        let (high, low) = (digit_pair(n / 100), digit_pair(n % 100));
+        if n < 100 {
+            out.extend_from_slice(&low);
+        } else if n < 1000 {
+            out.extend_from_slice(&[high[1], low[0], low[1]]);
+        } else {
+            out.extend_from_slice(&[high[0], high[1], low[0], low[1]]);
+        }
+        return;
+    }
     let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    let (mut n, mut at) = (n, digits.len());
+    while n >= 100 {
+        let pair = digit_pair((n % 100) as usize);
+        n /= 100;
+        at -= 2;
+        if let Some(to) = digits.get_mut(at..at + 2) {
+            to.copy_from_slice(&pair);
         }
     }
+    let pair = digit_pair(n as usize);
+    if n >= 10 {
+        at -= 2;
+        if let Some(to) = digits.get_mut(at..at + 2) {
+            to.copy_from_slice(&pair);
+        }
+    } else {
+        at -= 1;
+        digits[at] = pair[1];
+    }
     out.extend_from_slice(&digits[at..]);
+}
+
+/// The two decimal digits of `n` (below 100).
+fn digit_pair(n: usize) -> [u8; 2] {
+    match DIGIT_PAIRS.get(n * 2..n * 2 + 2) {
+        Some(&[a, b]) => [a, b],
+        _ => [b'0', b'0'],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parse_decimal_accepts_what_a_digits_check_and_from_str_accept() {
+        let cases = [
+            "",
+            "0",
+            "7",
+            "1417",
+            "007",
+            "+5",
+            "-1",
+            " 1",
+            "1 ",
+            "1a",
+            "a",
+            "\u{661}",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "000000000000000000001",
+            "00000000000000000001",
+            "1844674407370955161a",
+        ];
+        for s in cases {
+            let expected =
+                if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) {
+                    s.parse::<u64>().ok()
+                } else {
+                    None
+                };
+            assert_eq!(super::parse_decimal(s.as_bytes()), expected, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn write_decimal_writes_what_display_writes() {
+        let mut values = vec![
+            0,
+            9,
+            10,
+            11,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            1417,
+            65_535,
+            u64::MAX,
+        ];
+        values.extend((0..64).map(|shift| 1u64 << shift));
+        values.extend((1..20).map(|exp| 10u64.pow(exp)));
+        values.extend((1..20).map(|exp| 10u64.pow(exp) - 1));
+        for n in values {
+            let mut out = b"x".to_vec();
+            super::write_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes(), "{n}");
+        }
+    }
 }

@@ -127,6 +127,7 @@ pub struct RcptParams<'a> {
 }
 
 /// Splits `SP`-separated `keyword[=value]` items, checking the keyword and value grammar.
+#[inline(always)]
 fn split_params(input: &str) -> impl Iterator<Item = Result<(&str, Option<&str>), ParamError>> {
     let mut rest = input;
     std::iter::from_fn(move || {
@@ -188,6 +189,7 @@ fn value_run(bytes: &[u8]) -> usize {
 /// malformed and [`malformed_item`] names the keyword as the split would have. Working on
 /// bytes is exact: the line is UTF-8, so every byte of a non-ASCII character is 0x80 or more,
 /// and every such byte belongs to one (never a space or `=`).
+#[inline(always)]
 fn next_param<'a>(rest: &mut &'a str) -> Option<Result<(&'a str, Option<&'a str>), ParamError>> {
     let start = rest.bytes().position(|b| b != b' ')?;
     let item = rest.get(start..)?;
@@ -207,7 +209,11 @@ fn next_param<'a>(rest: &mut &'a str) -> Option<Result<(&'a str, Option<&'a str>
         }
         Some(_) => return Some(Err(malformed_item(item))),
     };
-    if !keyword.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+    if !keyword
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+    {
         return Some(Err(ParamError::Malformed(keyword.to_owned())));
     }
     *rest = item.get(end..)?;
@@ -254,14 +260,93 @@ fn push_other<'a>(
 
 fn parse_size(value: Option<&str>) -> Result<u64, ParamError> {
     value
-        .filter(|v| v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| super::parse_decimal(v.as_bytes()))
         .ok_or_else(|| malformed("SIZE"))
 }
 
+/// A keyword or value known to [`MailParams::parse`], as its bytes with the ASCII case bit
+/// (0x20) set in each, packed little-endian: `SIZE`, `size` and `SiZe` pack alike.
+///
+/// Comparing packed words is exactly `eq_ignore_ascii_case` for the words compared here: the
+/// known ones are letters and digits, and setting the case bit maps a byte onto a lowercase
+/// letter only from that letter or its uppercase form, and onto a digit only from that digit
+/// or a control byte 0x10..=0x19, which no keyword or value byte is.
+const fn folded(word: &[u8]) -> u64 {
+    let mut packed = 0;
+    let mut i = 0;
+    while i < word.len() && i < 8 {
+        packed |= ((word[i] | 0x20) as u64) << (8 * i);
+        i += 1;
+    }
+    packed
+}
+
+/// [`folded`] of a keyword or value of one to eight bytes; `None` for any other length.
+///
+/// Four to eight bytes are packed from two four-byte loads, its first and its last four
+/// bytes, the last shifted into place: where the two overlap they hold the same bytes.
+fn folded_word(word: &str) -> Option<u64> {
+    let bytes = word.as_bytes();
+    match (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        (Some(first), Some(last)) if bytes.len() <= 8 => {
+            let first = u64::from(u32::from_le_bytes(*first));
+            let last = u64::from(u32::from_le_bytes(*last)) << (8 * (bytes.len() - 4));
+            Some((first | last) | (0x2020_2020_2020_2020 >> (8 * (8 - bytes.len()))))
+        }
+        _ if (1..4).contains(&bytes.len()) => Some(folded(bytes)),
+        _ => None,
+    }
+}
+
+/// The keywords [`MailParams::parse`] knows.
+#[derive(Clone, Copy)]
+enum MailKeyword {
+    Size,
+    Body,
+    SmtpUtf8,
+    Ret,
+    Envid,
+    XShadow,
+}
+
+/// The known keyword `keyword` is, in any case; `None` for any other (kept as written).
+fn mail_keyword(keyword: &str) -> Option<MailKeyword> {
+    const SIZE: u64 = folded(b"SIZE");
+    const BODY: u64 = folded(b"BODY");
+    const SMTPUTF8: u64 = folded(b"SMTPUTF8");
+    const RET: u64 = folded(b"RET");
+    const ENVID: u64 = folded(b"ENVID");
+    const XSHADOW: u64 = folded(b"XSHADOW");
+    // Words of different lengths never pack alike: every byte packs to a non-zero byte.
+    Some(match folded_word(keyword)? {
+        SIZE => MailKeyword::Size,
+        BODY => MailKeyword::Body,
+        SMTPUTF8 => MailKeyword::SmtpUtf8,
+        RET => MailKeyword::Ret,
+        ENVID => MailKeyword::Envid,
+        XSHADOW => MailKeyword::XShadow,
+        _ => return None,
+    })
+}
+
+/// The `BODY=` value `value` is, in any case.
+fn body_type(value: &str) -> Option<BodyType> {
+    const SEVEN_BIT: u64 = folded(b"7BIT");
+    const EIGHT_BIT_MIME: u64 = folded(b"8BITMIME");
+    if value.eq_ignore_ascii_case("BINARYMIME") {
+        return Some(BodyType::BinaryMime);
+    }
+    match folded_word(value)? {
+        SEVEN_BIT => Some(BodyType::SevenBit),
+        EIGHT_BIT_MIME => Some(BodyType::EightBitMime),
+        _ => None,
+    }
+}
+
 fn decode_xtext<'a>(keyword: &str, value: Option<&'a str>) -> Result<Cow<'a, str>, ParamError> {
+    // Values come from `next_param`, which checked their bytes.
     value
-        .and_then(|v| xtext::decode(v).ok())
+        .and_then(|v| xtext::decode_param_value(v).ok())
         .filter(|v| !v.is_empty())
         .ok_or_else(|| malformed(keyword))
 }
@@ -274,50 +359,62 @@ impl<'a> MailParams<'a> {
             return Ok(Self::default());
         }
         let mut params = MailParams::default();
+        params.parse_into(input)?;
+        Ok(params)
+    }
+
+    /// [`MailParams::parse`] into `self`, which starts empty: a caller that holds the
+    /// parameters inside a larger value (a `Command::Mail`) fills them in place instead of
+    /// moving them there. On an error `self` holds what was read before it.
+    pub(crate) fn parse_into(&mut self, input: &'a str) -> Result<(), ParamError> {
+        let params = self;
         for item in split_params(input) {
             let (keyword, value) = item?;
-            if keyword.eq_ignore_ascii_case("SIZE") {
-                set_once(&mut params.size, keyword, parse_size(value)?)?;
-            } else if keyword.eq_ignore_ascii_case("BODY") {
-                let body = match value {
-                    Some(v) if v.eq_ignore_ascii_case("7BIT") => BodyType::SevenBit,
-                    Some(v) if v.eq_ignore_ascii_case("8BITMIME") => BodyType::EightBitMime,
-                    Some(v) if v.eq_ignore_ascii_case("BINARYMIME") => BodyType::BinaryMime,
-                    _ => return Err(malformed(keyword)),
-                };
-                set_once(&mut params.body, keyword, body)?;
-            } else if keyword.eq_ignore_ascii_case("SMTPUTF8") {
-                if value.is_some() {
-                    return Err(malformed(keyword));
+            match mail_keyword(keyword) {
+                Some(MailKeyword::Size) => {
+                    set_once(&mut params.size, keyword, parse_size(value)?)?;
                 }
-                if params.smtputf8 {
-                    return Err(ParamError::Duplicate("SMTPUTF8".into()));
+                Some(MailKeyword::Body) => {
+                    let body = value
+                        .and_then(body_type)
+                        .ok_or_else(|| malformed(keyword))?;
+                    set_once(&mut params.body, keyword, body)?;
                 }
-                params.smtputf8 = true;
-            } else if keyword.eq_ignore_ascii_case("RET") {
-                let ret = match value {
-                    Some(v) if v.eq_ignore_ascii_case("FULL") => Ret::Full,
-                    Some(v) if v.eq_ignore_ascii_case("HDRS") => Ret::Headers,
-                    _ => return Err(malformed(keyword)),
-                };
-                set_once(&mut params.ret, keyword, ret)?;
-            } else if keyword.eq_ignore_ascii_case("ENVID") {
-                let envid = decode_xtext(keyword, value)?;
-                if envid.len() > 100 {
-                    return Err(malformed(keyword));
+                Some(MailKeyword::SmtpUtf8) => {
+                    if value.is_some() {
+                        return Err(malformed(keyword));
+                    }
+                    if params.smtputf8 {
+                        return Err(ParamError::Duplicate("SMTPUTF8".into()));
+                    }
+                    params.smtputf8 = true;
                 }
-                set_once(&mut params.envid, keyword, envid)?;
-            } else if keyword.eq_ignore_ascii_case("XSHADOW") {
-                let id = decode_xtext(keyword, value)?;
-                if id.len() > MAX_SHADOW_FIELD {
-                    return Err(malformed(keyword));
+                Some(MailKeyword::Ret) => {
+                    let ret = match value {
+                        Some(v) if v.eq_ignore_ascii_case("FULL") => Ret::Full,
+                        Some(v) if v.eq_ignore_ascii_case("HDRS") => Ret::Headers,
+                        _ => return Err(malformed(keyword)),
+                    };
+                    set_once(&mut params.ret, keyword, ret)?;
                 }
-                set_once(&mut params.xshadow, keyword, id)?;
-            } else {
-                push_other(&mut params.other, keyword, value)?;
+                Some(MailKeyword::Envid) => {
+                    let envid = decode_xtext(keyword, value)?;
+                    if envid.len() > 100 {
+                        return Err(malformed(keyword));
+                    }
+                    set_once(&mut params.envid, keyword, envid)?;
+                }
+                Some(MailKeyword::XShadow) => {
+                    let id = decode_xtext(keyword, value)?;
+                    if id.len() > MAX_SHADOW_FIELD {
+                        return Err(malformed(keyword));
+                    }
+                    set_once(&mut params.xshadow, keyword, id)?;
+                }
+                None => push_other(&mut params.other, keyword, value)?,
             }
         }
-        Ok(params)
+        Ok(())
     }
 
     /// Appends ` KEYWORD=value` for every parameter, known ones first in a fixed order.
@@ -649,7 +746,101 @@ mod tests {
         prop::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
     }
 
+    /// The keyword chain of [`MailParams::parse`] as first written.
+    fn reference_mail_keyword(keyword: &str) -> Option<&'static str> {
+        ["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "XSHADOW"]
+            .into_iter()
+            .find(|known| keyword.eq_ignore_ascii_case(known))
+    }
+
+    fn keyword_name(keyword: MailKeyword) -> &'static str {
+        match keyword {
+            MailKeyword::Size => "SIZE",
+            MailKeyword::Body => "BODY",
+            MailKeyword::SmtpUtf8 => "SMTPUTF8",
+            MailKeyword::Ret => "RET",
+            MailKeyword::Envid => "ENVID",
+            MailKeyword::XShadow => "XSHADOW",
+        }
+    }
+
+    /// The `BODY=` values as first matched.
+    fn reference_body_type(value: &str) -> Option<BodyType> {
+        [
+            BodyType::SevenBit,
+            BodyType::EightBitMime,
+            BodyType::BinaryMime,
+        ]
+        .into_iter()
+        .find(|body| value.eq_ignore_ascii_case(body.as_str()))
+    }
+
+    #[test]
+    fn known_keywords_and_body_types_match_in_any_case_and_nothing_one_byte_off_does() {
+        let words = [
+            "SIZE",
+            "BODY",
+            "SMTPUTF8",
+            "RET",
+            "ENVID",
+            "XSHADOW",
+            "7BIT",
+            "8BITMIME",
+            "BINARYMIME",
+        ];
+        for word in words {
+            for case in 0..1u32 << word.len() {
+                let mixed: String = word
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if case >> i & 1 == 1 {
+                            c.to_ascii_lowercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                let got = mail_keyword(&mixed).map(keyword_name);
+                assert_eq!(got, reference_mail_keyword(&mixed), "{mixed}");
+                assert_eq!(body_type(&mixed), reference_body_type(&mixed), "{mixed}");
+            }
+            for i in 0..word.len() {
+                for b in 0..=u8::MAX {
+                    let mut near = word.as_bytes().to_vec();
+                    near[i] = b;
+                    let Ok(near) = String::from_utf8(near) else {
+                        continue;
+                    };
+                    if class_run(near.as_bytes(), KEYWORD) == near.len() {
+                        let got = mail_keyword(&near).map(keyword_name);
+                        assert_eq!(got, reference_mail_keyword(&near), "{near:?}");
+                    }
+                    if class_run(near.as_bytes(), VALUE) == near.len() {
+                        assert_eq!(body_type(&near), reference_body_type(&near), "{near:?}");
+                    }
+                }
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn folded_words_pack_as_folded_does(word in "[ -~]{0,10}") {
+            let want = (1..=8).contains(&word.len()).then(|| folded(word.as_bytes()));
+            prop_assert_eq!(folded_word(&word), want);
+        }
+
+        #[test]
+        fn keyword_and_body_type_recognition_agrees_with_the_reference(
+            word in "[A-Za-z0-9-]{0,10}",
+            value in "[!-<>-~é]{0,11}",
+        ) {
+            prop_assert_eq!(mail_keyword(&word).map(keyword_name), reference_mail_keyword(&word));
+            prop_assert_eq!(body_type(&value), reference_body_type(&value));
+            prop_assert_eq!(body_type(&word), reference_body_type(&word));
+        }
+
         #[test]
         fn value_run_ends_at_the_first_non_value_byte(
             bytes in proptest::collection::vec(any::<u8>(), 0..40),

@@ -5,8 +5,8 @@
 //! stays quoted) so a path is written back byte for byte. Source routes (`<@a,@b:u@d>`) are
 //! accepted and dropped, as RFC 5321 §4.1.1.3 asks. Every length is counted in bytes.
 
-use std::borrow::Cow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nom::branch::alt;
@@ -16,6 +16,7 @@ use nom::combinator::{opt, recognize, verify};
 use nom::multi::{many0_count, separated_list1};
 use nom::sequence::{delimited, preceded, terminated};
 use nom::{IResult, Parser};
+use smol_str::SmolStr;
 
 /// Longest local part, in bytes (RFC 5321 §4.5.3.1.1).
 pub const MAX_LOCAL_PART: usize = 64;
@@ -29,13 +30,58 @@ pub const MAX_PATH: usize = 256;
 /// (`[192.0.2.1]`).
 ///
 /// Kept as the one text `local-part@domain` (borrowed from the input when parsed), so that an
-/// owned address is one allocation.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// owned address is one allocation, and none up to 23 bytes (kept inline).
+#[derive(Clone)]
 pub struct Mailbox<'a> {
     /// `local-part@domain`.
-    text: Cow<'a, str>,
+    text: Text<'a>,
     /// Where the `@` between the two is.
     at: usize,
+}
+
+/// The text of a [`Mailbox`]: borrowed, or owned (inline up to [`SmolStr::INLINE_CAP`] bytes,
+/// which most addresses fit, and a `String` beyond).
+#[derive(Clone)]
+enum Text<'a> {
+    Borrowed(&'a str),
+    Inline(SmolStr),
+    Heap(String),
+}
+
+impl Text<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Borrowed(text) => text,
+            Self::Inline(text) => text.as_str(),
+            Self::Heap(text) => text,
+        }
+    }
+
+    /// Owned text equal to `text`: inline when it fits, else one allocation.
+    fn owned(text: &str) -> Text<'static> {
+        if text.len() <= SmolStr::INLINE_CAP {
+            Text::Inline(SmolStr::new(text))
+        } else {
+            Text::Heap(text.to_owned())
+        }
+    }
+}
+
+/// Equality and hashing see the text and where its `@` is, whether it is borrowed or owned
+/// (as they did when the text was a `Cow<str>`).
+impl PartialEq for Mailbox<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str() && self.at == other.at
+    }
+}
+
+impl Eq for Mailbox<'_> {}
+
+impl Hash for Mailbox<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+        self.at.hash(state);
+    }
 }
 
 /// The reverse-path of `MAIL FROM:`.
@@ -69,29 +115,36 @@ impl<'a> Mailbox<'a> {
     /// An address from its parts, as they are to appear on the wire.
     pub fn new(local_part: impl AsRef<str>, domain: impl AsRef<str>) -> Self {
         let (local_part, domain) = (local_part.as_ref(), domain.as_ref());
-        let mut text = String::with_capacity(local_part.len() + 1 + domain.len());
-        text.push_str(local_part);
-        text.push('@');
-        text.push_str(domain);
+        let len = local_part.len() + 1 + domain.len();
+        let text = if len <= SmolStr::INLINE_CAP {
+            // Copied piece by piece into the inline buffer (no UTF-8 check, no allocation).
+            Text::Inline(SmolStr::from_iter([local_part, "@", domain]))
+        } else {
+            let mut text = String::with_capacity(len);
+            text.push_str(local_part);
+            text.push('@');
+            text.push_str(domain);
+            Text::Heap(text)
+        };
         Self {
-            text: Cow::Owned(text),
+            text,
             at: local_part.len(),
         }
     }
 
     /// The local part, quoted if it was quoted on the wire.
     pub fn local_part(&self) -> &str {
-        &self.text[..self.at]
+        &self.as_str()[..self.at]
     }
 
     /// The domain, or an address literal with its brackets (`[192.0.2.1]`).
     pub fn domain(&self) -> &str {
-        &self.text[self.at + 1..]
+        &self.as_str()[self.at + 1..]
     }
 
     /// The whole address, `local-part@domain`.
     pub fn as_str(&self) -> &str {
-        &self.text
+        self.text.as_str()
     }
 
     /// True when the domain is an address literal such as `[192.0.2.1]`.
@@ -101,15 +154,17 @@ impl<'a> Mailbox<'a> {
 
     /// True when the address needs the SMTPUTF8 extension (any non-ASCII byte).
     pub fn needs_smtputf8(&self) -> bool {
-        !self.text.is_ascii()
+        !self.as_str().is_ascii()
     }
 
     /// Copies borrowed parts so the address outlives its input.
     pub fn into_owned(self) -> Mailbox<'static> {
-        Mailbox {
-            text: Cow::Owned(self.text.into_owned()),
-            at: self.at,
-        }
+        let text = match self.text {
+            Text::Borrowed(text) => Text::owned(text),
+            Text::Inline(text) => Text::Inline(text),
+            Text::Heap(text) => Text::Heap(text),
+        };
+        Mailbox { text, at: self.at }
     }
 }
 
@@ -124,7 +179,7 @@ impl fmt::Debug for Mailbox<'_> {
 
 impl fmt::Display for Mailbox<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.as_str())
     }
 }
 
@@ -174,7 +229,7 @@ impl ForwardPath<'_> {
 
 fn write_mailbox(m: &Mailbox<'_>, out: &mut Vec<u8>) {
     out.push(b'<');
-    out.extend_from_slice(m.text.as_bytes());
+    out.extend_from_slice(m.as_str().as_bytes());
     out.push(b'>');
 }
 
@@ -229,17 +284,16 @@ fn checked_mailbox<'a>(
         return Err(PathError::TooLong);
     }
     // Both parsers read `local-part@domain` as adjacent slices of `input`: borrow it whole.
+    // The slices are where their addresses say (one byte apart, that byte `@`), so the
+    // text is theirs without comparing it.
     let start = (local_part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
-    let end = start + local_part.len() + 1 + domain.len();
-    let mailbox = match input.get(start..end) {
-        Some(text)
-            if text.strip_suffix(domain).and_then(|t| t.strip_suffix('@')) == Some(local_part) =>
-        {
-            Mailbox {
-                text: Cow::Borrowed(text),
-                at: local_part.len(),
-            }
-        }
+    let at = local_part.len();
+    let adjacent = (domain.as_ptr() as usize).wrapping_sub(local_part.as_ptr() as usize) == at + 1;
+    let mailbox = match input.get(start..start.wrapping_add(at + 1 + domain.len())) {
+        Some(text) if adjacent && text.as_bytes().get(at) == Some(&b'@') => Mailbox {
+            text: Text::Borrowed(text),
+            at,
+        },
         _ => Mailbox::new(local_part, domain),
     };
     Ok((mailbox, rest))
@@ -495,6 +549,47 @@ mod tests {
             assert_eq!(path, ReversePath::Mailbox(want.clone()), "{wire}");
             assert_eq!(rest, "");
         }
+    }
+
+    #[test]
+    fn a_mailbox_is_the_same_value_borrowed_owned_inline_or_not() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let long_local = "a".repeat(40);
+        for (local, domain) in [
+            ("bob", "example.net"),
+            ("sender12", "hub.example"),
+            ("a", "bcdefghijklmnopqrstuv"),
+            ("a", "bcdefghijklmnopqrstuvw"),
+            ("\"a@b\"", "example.org"),
+            ("jos\u{e9}", "\u{e9}xample.fr"),
+            (long_local.as_str(), "example.com"),
+        ] {
+            let wire = format!("<{local}@{domain}>");
+            let (parsed, _) = parse_path(&wire).unwrap();
+            let built = Mailbox::new(local, domain);
+            let owned = parsed.clone().into_owned();
+            for m in [&parsed, &built, &owned] {
+                assert_eq!(m.as_str(), format!("{local}@{domain}"));
+                assert_eq!((m.local_part(), m.domain()), (local, domain));
+                assert_eq!(m, &parsed);
+                assert_eq!(hasher.hash_one(m), hasher.hash_one(&parsed));
+                assert_eq!(format!("{m:?}"), format!("{parsed:?}"));
+                assert_eq!(m.to_string(), parsed.to_string());
+                assert_eq!(m.clone(), *m);
+            }
+            // Hashed as the text then the `@` position, as the derived hash of the
+            // `Cow<str>` text and the position was.
+            assert_eq!(
+                hasher.hash_one(&parsed),
+                hasher.hash_one((parsed.as_str(), local.len()))
+            );
+        }
+        assert_ne!(
+            Mailbox::new("a@b", "c"),
+            Mailbox::new("a", "b@c"),
+            "same text, other `@`"
+        );
     }
 
     #[test]

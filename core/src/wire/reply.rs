@@ -66,8 +66,7 @@ impl<'b> PartialEq<Reply<'b>> for Reply<'_> {
 impl<'a> Reply<'a> {
     /// A one-line reply.
     pub fn new(code: u16, enhanced: Option<EnhancedStatus>, text: impl Into<Cow<'a, str>>) -> Self {
-        let mut lines = SmallVec::new();
-        lines.push(text.into());
+        let lines = SmallVec::from_buf([text.into()]);
         Self {
             code,
             enhanced,
@@ -119,15 +118,35 @@ impl<'a> Reply<'a> {
 
     /// Copies every borrowed line so the reply outlives its input.
     pub fn into_owned(self) -> Reply<'static> {
+        let lines = match self.lines.into_inner() {
+            // One line, the usual reply: no iterator to build and collect.
+            Ok([line]) => SmallVec::from_buf([own_line(line)]),
+            Err(lines) => lines.into_iter().map(own_line).collect(),
+        };
         Reply {
             code: self.code,
             enhanced: self.enhanced,
-            lines: self.lines.into_iter().map(own_line).collect(),
+            lines,
         }
     }
 
     /// Appends the reply's wire form (`250-first`, ..., `250 last`, each ending in CRLF).
+    #[inline]
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        if let [line] = self.lines.as_slice()
+            && self
+                .enhanced
+                .is_none_or(|s| s.class < 10 && s.subject < 10 && s.detail < 10)
+        {
+            write_one_line(out, self.code, self.enhanced, line.as_bytes());
+            return;
+        }
+        self.write_lines(out);
+    }
+
+    /// [`Reply::write_to`] for any reply, line by line.
+    #[inline(never)]
+    fn write_lines(&self, out: &mut Vec<u8>) {
         let last = self.lines.len().saturating_sub(1);
         for (i, line) in self.lines.iter().enumerate() {
             write_code(out, self.code);
@@ -158,6 +177,48 @@ impl<'a> Reply<'a> {
         self.write_to(&mut out);
         out
     }
+}
+
+/// [`Reply::write_to`] for the usual reply: one line, with no enhanced status code or one of
+/// one digit each. The same bytes, with one reservation and a fixed-size copy for the code and
+/// status code.
+fn write_one_line(out: &mut Vec<u8>, code: u16, enhanced: Option<EnhancedStatus>, text: &[u8]) {
+    let code = code.min(999);
+    let [a, b, c] = [
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ];
+    out.reserve(text.len() + 12);
+    match enhanced {
+        Some(status) => {
+            let (subject, detail) = (status.subject as u8, status.detail as u8);
+            let head = [
+                a,
+                b,
+                c,
+                b' ',
+                b'0' + status.class,
+                b'.',
+                b'0' + subject,
+                b'.',
+                b'0' + detail,
+                b' ',
+            ];
+            if text.is_empty() {
+                out.extend_from_slice(&head[..9]);
+            } else {
+                out.extend_from_slice(&head);
+                out.extend_from_slice(text);
+            }
+        }
+        None if text.is_empty() => out.extend_from_slice(&[a, b, c]),
+        None => {
+            out.extend_from_slice(&[a, b, c, b' ']);
+            out.extend_from_slice(text);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_code(out: &mut Vec<u8>, code: u16) {
@@ -590,10 +651,49 @@ impl ReplyReader {
     /// Reads the reply at the front of `buf`: `Ok(Some((reply, consumed)))` once it is whole
     /// (the caller then drops `consumed` bytes), `Ok(None)` when more bytes are needed, `Err`
     /// when the peer sent something that is not a valid reply within the limits.
+    ///
+    /// Inlined into its caller: the two usual calls, an empty buffer and a one-line reply with
+    /// a known text, are answered there; everything else is read out of line.
+    #[inline]
     pub fn read<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Reply<'b>, usize)>, ReplyError> {
-        if let Some(whole) = self.read_plain_line(buf) {
+        if buf.is_empty() && self.max_line > 0 {
+            // Nothing to read, as when a caller reads until no reply is left: the answer the
+            // general reader gives an empty buffer (which is no longer the one it was fed, if
+            // it was fed one), without its setup.
+            self.reset();
+            return Ok(None);
+        }
+        if self.is_fresh()
+            && let Some(known) = read_known_line(buf, self.max_line)
+        {
+            return Ok(Some(known));
+        }
+        self.read_other(buf)
+    }
+
+    /// True with nothing of a reply read yet and room for its first line.
+    fn is_fresh(&self) -> bool {
+        self.line_start == 0 && self.scanned == 0 && self.lines == 0 && self.max_lines > 0
+    }
+
+    /// [`ReplyReader::read`] past its inlined short path.
+    #[inline(never)]
+    fn read_other<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Reply<'b>, usize)>, ReplyError> {
+        if self.is_fresh()
+            && let Some(whole) = self.read_plain_line(buf)
+        {
             return Ok(Some(whole));
         }
+        self.read_general(buf)
+    }
+
+    /// [`ReplyReader::read`] for every reply the short paths leave, every error included
+    /// (kept out of line: the short paths need none of its state).
+    #[inline(never)]
+    fn read_general<'b>(
+        &mut self,
+        buf: &'b [u8],
+    ) -> Result<Option<(Reply<'b>, usize)>, ReplyError> {
         let mut ends = LineEnds::new();
         let result = self.scan(buf, &mut ends);
         let lines = self.lines;
@@ -615,10 +715,9 @@ impl ReplyReader {
     /// The usual reply read at once: one line, printable ASCII, whole in `buf`, with nothing
     /// read before it. It needs no line ends kept and one UTF-8 check of its text only.
     /// `None` leaves anything else (and so every error) to the general reader, untouched.
+    /// Called only with nothing read before and `max_lines` at least 1.
+    #[inline(never)]
     fn read_plain_line<'b>(&self, buf: &'b [u8]) -> Option<(Reply<'b>, usize)> {
-        if self.line_start != 0 || self.scanned != 0 || self.lines != 0 || self.max_lines == 0 {
-            return None;
-        }
         let window = buf.get(..buf.len().min(self.max_line))?;
         let lf = memchr(b'\n', window)?;
         let line = window.get(..lf)?.strip_suffix(b"\r")?;
@@ -632,8 +731,7 @@ impl ReplyReader {
             Some((status, rest)) => (Some(status), rest),
             None => (None, text),
         };
-        let mut lines = SmallVec::new();
-        lines.push(Cow::Borrowed(text));
+        let lines = SmallVec::from_buf([Cow::Borrowed(text)]);
         let reply = Reply {
             code: parsed.code,
             enhanced,
@@ -655,27 +753,43 @@ impl ReplyReader {
             let window_end = rest.len().min(self.max_line);
             let from = self.scanned.min(window_end);
             let window = rest.get(from..window_end).unwrap_or_default();
-            let Some(at) = memchr(b'\n', window) else {
-                if rest.len() >= self.max_line {
-                    return Err(ReplyError::LineTooLong {
-                        line: line_no,
-                        max: self.max_line,
-                    });
-                }
-                self.scanned = window_end;
-                return Ok(None);
-            };
-            let lf = from + at;
-            let line = rest
-                .get(..lf)
-                .and_then(|l| l.strip_suffix(b"\r"))
-                .ok_or(ReplyError::BareLineBreak { line: line_no })?;
             // The usual line, with no control byte up to CR and only ASCII, passes one
             // eight-bytes-at-a-time check; any other line gets the exact checks, CR and LF
             // first (a bare CR or LF is reported before a bad code, a bad code before bad
-            // UTF-8).
-            let plain = first_flagged(line, |word| bytes_below(word, b'\r' + 1) | non_ascii(word))
-                == line.len();
+            // UTF-8). A line read from its start gets that check first: the first byte it
+            // flags, when that is a CR followed by LF, is the line's end (LF is flagged too,
+            // so none comes before), and no search for the LF is needed.
+            let plain_end = if from == 0 {
+                let end = first_flagged(window, |word| {
+                    bytes_below(word, b'\r' + 1) | non_ascii(word)
+                });
+                (window.get(end..end + 2) == Some(b"\r\n")).then_some(end)
+            } else {
+                None
+            };
+            let (lf, line, plain) = if let Some(end) = plain_end {
+                (end + 1, window.get(..end).unwrap_or_default(), true)
+            } else {
+                let Some(at) = memchr(b'\n', window) else {
+                    if rest.len() >= self.max_line {
+                        return Err(ReplyError::LineTooLong {
+                            line: line_no,
+                            max: self.max_line,
+                        });
+                    }
+                    self.scanned = window_end;
+                    return Ok(None);
+                };
+                let lf = from + at;
+                let line = rest
+                    .get(..lf)
+                    .and_then(|l| l.strip_suffix(b"\r"))
+                    .ok_or(ReplyError::BareLineBreak { line: line_no })?;
+                let plain =
+                    first_flagged(line, |word| bytes_below(word, b'\r' + 1) | non_ascii(word))
+                        == line.len();
+                (lf, line, plain)
+            };
             if !plain && memchr2(b'\r', b'\n', line).is_some() {
                 return Err(ReplyError::BareLineBreak { line: line_no });
             }
@@ -720,6 +834,71 @@ const KNOWN_TEXTS: [&str; 5] = [
     "Recipient OK",
     "Service closing transmission channel",
 ];
+
+/// The most usual reply of all, read at once: the one line `ddd SP [c.s.d SP] text CRLF`
+/// (one digit each in the enhanced status code) whose text is one of [`KNOWN_TEXTS`], whole
+/// at the front of `buf` and at most `max_line` bytes long, CRLF included. Its text is
+/// compared, not searched for its line end nor checked as UTF-8, and the reply borrows the
+/// known text (equal to the input's). `None` for anything else: the general reader then
+/// reads it exactly as before.
+#[inline]
+fn read_known_line(buf: &[u8], max_line: usize) -> Option<(Reply<'_>, usize)> {
+    let [
+        a @ b'2'..=b'5',
+        b @ b'0'..=b'9',
+        c @ b'0'..=b'9',
+        b' ',
+        rest @ ..,
+    ] = buf
+    else {
+        return None;
+    };
+    let code = u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
+    let (enhanced, text) = match rest {
+        [
+            x,
+            b'.',
+            s @ b'0'..=b'9',
+            b'.',
+            d @ b'0'..=b'9',
+            b' ',
+            text @ ..,
+        ] if x == a => {
+            let status = EnhancedStatus::new(a - b'0', u16::from(s - b'0'), u16::from(d - b'0'));
+            (Some(status), text)
+        }
+        // The class digit starts some other enhanced code, or a text the general reader
+        // must look at for one.
+        [x, ..] if x == a => return None,
+        _ => (None, rest),
+    };
+    let &first = text.first()?;
+    let mut found = None;
+    for known in &KNOWN_TEXTS {
+        let bytes = known.as_bytes();
+        if bytes.first() == Some(&first)
+            && text.get(bytes.len()..bytes.len() + 2) == Some(b"\r\n")
+            && text.starts_with(bytes)
+        {
+            found = Some(*known);
+            break;
+        }
+    }
+    let known = found?;
+    let used = (buf.len() - text.len()) + known.len() + 2;
+    if used > max_line {
+        return None;
+    }
+    let lines = SmallVec::from_buf([Cow::Borrowed(known)]);
+    Some((
+        Reply {
+            code,
+            enhanced,
+            lines,
+        },
+        used,
+    ))
+}
 
 /// A reply line that outlives its input: a known text is borrowed from [`KNOWN_TEXTS`], any
 /// other is copied.
@@ -836,6 +1015,18 @@ fn enhanced_prefix(text: &str, class: u8) -> Option<(EnhancedStatus, &str)> {
     let bytes = text.as_bytes();
     if bytes.first() != Some(&(b'0' + class)) || bytes.get(1) != Some(&b'.') {
         return None;
+    }
+    // Nearly every code has one digit each (`2.1.0`): read without counting digits.
+    if let [_, _, s @ b'0'..=b'9', b'.', d @ b'0'..=b'9', after @ ..] = bytes {
+        let rest = match after {
+            [] => Some(""),
+            [b' ', ..] => text.get(6..),
+            _ => None,
+        };
+        if let Some(rest) = rest {
+            let status = EnhancedStatus::new(class, u16::from(s - b'0'), u16::from(d - b'0'));
+            return Some((status, rest));
+        }
     }
     let (subject, after_subject) = number_prefix(bytes, 2)?;
     if bytes.get(after_subject) != Some(&b'.') {
@@ -1100,6 +1291,117 @@ mod tests {
             let (again, _) = read_whole(vector.canonical()).unwrap().unwrap();
             assert_eq!(again, vector.expected());
         }
+    }
+
+    /// Reads `wire` with the general reader only (no one-line fast path).
+    fn read_general(wire: &[u8]) -> Result<Option<(Reply<'_>, usize)>, ReplyError> {
+        let mut reader = ReplyReader::new();
+        let mut ends = LineEnds::new();
+        match reader.scan(wire, &mut ends) {
+            Ok(Some(used)) => {
+                build_reply(&wire[..used], reader.lines, Some(&ends)).map(|r| Some((r, used)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn a_one_line_reply_is_written_as_the_general_writer_writes_it() {
+        let statuses = [
+            None,
+            Some(EnhancedStatus::new(2, 1, 0)),
+            Some(EnhancedStatus::new(5, 9, 9)),
+            Some(EnhancedStatus::new(4, 10, 0)),
+            Some(EnhancedStatus::new(4, 0, 10)),
+            Some(EnhancedStatus::new(12, 0, 0)),
+        ];
+        for code in [200, 250, 354, 599, 1000, 0] {
+            for enhanced in statuses {
+                for text in ["", "OK", "Queued mail for delivery", "Grüße"] {
+                    let reply = Reply::new(code, enhanced, text);
+                    let mut fast = b"before".to_vec();
+                    reply.write_to(&mut fast);
+                    let mut general = b"before".to_vec();
+                    reply.write_lines(&mut general);
+                    assert_eq!(fast, general, "{reply:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_known_text_fast_path_agrees_with_the_general_reader() {
+        let wires: &[&[u8]] = &[
+            b"250 2.1.0 Sender OK\r\n",
+            b"250 2.1.5 Recipient OK\r\n",
+            b"250 2.6.0 Queued mail for delivery\r\n250 2.0.0 OK\r\n",
+            b"221 2.0.0 Service closing transmission channel\r\n",
+            b"250 2.0.0 OK\r\n",
+            b"250 OK\r\n",
+            b"250 Sender OK\r\n",
+            b"550 2.1.0 OK\r\n",
+            b"250 5.1.0 OK\r\n",
+            b"250 2.1.10 OK\r\n",
+            b"250 2.10.0 OK\r\n",
+            b"250 2.1.0  OK\r\n",
+            b"250 2.1.0 OKx\r\n",
+            b"250 2.1.0 ok\r\n",
+            b"250 2.1.0 OK, no discard events\r\n",
+            b"250 2.1.0 OK\n",
+            b"250 2.1.0 OK\r",
+            b"250 2.1.0 OK\rx\r\n",
+            b"250 2.1.0 OK\r\r\n",
+            b"250 2.1.0 OK",
+            b"250-2.1.0 OK\r\n250 2.1.0 OK\r\n",
+            b"250-OK\r\n250 OK\r\n",
+            b"150 2.1.0 OK\r\n",
+            b"25O 2.1.0 OK\r\n",
+            b"250\r\n",
+            b"250 \r\n",
+            b"250 2.1.0\r\n",
+            b"250 2.1.0 \r\n",
+            b"250 2.1.0 Sender OK\xff\r\n",
+            b"250 2.1.0 \xffOK\r\n",
+            b"599 5.9.9 Recipient OK\r\n",
+        ];
+        for wire in wires {
+            assert_eq!(read_whole(wire), read_general(wire), "{wire:?}");
+            if let Ok(Some((reply, _))) = read_whole(wire) {
+                assert!(matches!(reply.lines[0], Cow::Borrowed(_)));
+            }
+        }
+        // The line limit counts the CRLF, as in the general reader.
+        let wire = b"250 2.1.0 Sender OK\r\n";
+        for max_line in wire.len() - 2..=wire.len() + 1 {
+            let fast = ReplyReader::with_limits(max_line, 10).read(wire);
+            let mut general = ReplyReader::with_limits(max_line, 10);
+            let mut ends = LineEnds::new();
+            let general = general.scan(wire, &mut ends).map(|used| used.is_some());
+            assert_eq!(fast.map(|r| r.is_some()), general, "{max_line}");
+        }
+        // A known text is read without looking at its bytes as a line, and still equals it.
+        let (reply, used) = read_whole(b"250 2.1.5 Recipient OK\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, 24);
+        assert_eq!(
+            reply,
+            Reply::new(250, Some(EnhancedStatus::new(2, 1, 5)), "Recipient OK")
+        );
+    }
+
+    #[test]
+    fn an_empty_buffer_needs_more_bytes_and_restarts_a_partial_reply() {
+        let mut reader = ReplyReader::new();
+        assert_eq!(reader.read(b"250-a\r\n250 "), Ok(None));
+        assert_eq!(reader.read(b""), Ok(None));
+        let (reply, used) = reader.read(b"251 b\r\n").unwrap().unwrap();
+        assert_eq!((reply.code, used), (251, 7));
+        assert_eq!(
+            ReplyReader::with_limits(0, 1).read(b""),
+            Err(ReplyError::LineTooLong { line: 1, max: 0 })
+        );
     }
 
     #[test]
@@ -1407,6 +1709,23 @@ mod tests {
     }
 
     #[test]
+    fn into_owned_keeps_every_line_of_replies_of_any_length() {
+        for count in 0..4 {
+            let texts: Vec<String> = (0..count).map(|i| format!("line {i}")).collect();
+            let mut reply = Reply::multiline(250, None, texts.iter().map(String::as_str));
+            if count == 0 {
+                // `lines` is public: a reply built by hand may have none.
+                reply.lines.clear();
+            }
+            let expected = reply.clone();
+            let owned = reply.into_owned();
+            assert_eq!(owned, expected);
+            assert_eq!(owned.lines.len(), count);
+            assert!(owned.lines.iter().all(|l| matches!(l, Cow::Owned(_))));
+        }
+    }
+
+    #[test]
     fn xshadow_reply_gives_the_database_id_up_to_the_first_space() {
         let id = |wire: &[u8]| {
             let reply = parse_reply(wire).unwrap().unwrap().0.into_owned();
@@ -1580,6 +1899,38 @@ mod tests {
             prop_assert_eq!(&parsed, &reply);
             let (split, _) = read_byte_by_byte(&wire).unwrap();
             prop_assert_eq!(split, reply);
+        }
+
+        #[test]
+        fn replies_shaped_like_known_ones_read_as_the_general_reader_reads_them(
+            code in prop_oneof![Just(250u16), Just(221), Just(550), 100u16..=699],
+            status in proptest::option::of((0u8..=9, 0u16..=12, 0u16..=12)),
+            text in prop_oneof![
+                proptest::sample::select(KNOWN_TEXTS.to_vec()).prop_map(String::from),
+                line_text(),
+            ],
+            cut in 0usize..40,
+            end in proptest::sample::select(vec!["\r\n", "\n", "\r", "", "\r\n250 x\r\n", "x\r\n"]),
+            max_line in prop_oneof![Just(DEFAULT_MAX_LINE), 0usize..48],
+        ) {
+            let mut wire = format!("{code} ");
+            if let Some((class, subject, detail)) = status {
+                wire.push_str(&format!("{class}.{subject}.{detail} "));
+            }
+            let text = text.get(..cut.min(text.len())).unwrap_or(&text);
+            wire.push_str(text);
+            wire.push_str(end);
+            let wire = wire.as_bytes();
+            let fast = ReplyReader::with_limits(max_line, 10).read(wire);
+            let mut general = ReplyReader::with_limits(max_line, 10);
+            let mut ends = LineEnds::new();
+            let general = match general.scan(wire, &mut ends) {
+                Ok(Some(used)) => build_reply(&wire[..used], general.lines, Some(&ends))
+                    .map(|r| Some((r, used))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            prop_assert_eq!(fast, general);
         }
 
         #[test]

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::line::{bytes_below, bytes_equal, bytes_from_del, first_flagged};
+use super::line::{bytes_below, bytes_equal, bytes_from_del, first_flagged, non_ascii};
 
 /// Why an xtext value could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +45,26 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// Decodes an xtext value. Lowercase hex after `+` is refused, as RFC 3461 requires.
 pub fn decode(input: &str) -> Result<Cow<'_, str>, XtextError> {
-    let bytes = input.as_bytes();
-    if all_plain(bytes) {
+    if all_plain(input.as_bytes()) {
         return Ok(Cow::Borrowed(input));
     }
+    decode_escaped(input)
+}
+
+/// [`decode`] for a MAIL or RCPT parameter value, whose bytes are known to be from `!` up,
+/// never `=` and never DEL: such a value is plain exactly when it has no `+` and no byte from
+/// 0x80 up, a check of two tests a word instead of four.
+pub(crate) fn decode_param_value(value: &str) -> Result<Cow<'_, str>, XtextError> {
+    let escaped_or_not_ascii = |word| bytes_equal(word, b'+') | non_ascii(word);
+    if first_flagged(value.as_bytes(), escaped_or_not_ascii) == value.len() {
+        return Ok(Cow::Borrowed(value));
+    }
+    decode_escaped(value)
+}
+
+/// [`decode`] past its plain check.
+fn decode_escaped(input: &str) -> Result<Cow<'_, str>, XtextError> {
+    let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -138,6 +154,30 @@ mod tests {
     }
 
     proptest! {
+        /// On parameter values (no byte below `!`, no `=`, no DEL), the shorter plain check
+        /// decodes as `decode` does.
+        #[test]
+        fn parameter_values_decode_as_any_xtext_does(
+            value in proptest::collection::vec(
+                prop_oneof![
+                    4 => proptest::sample::select(b"+2BC3A9azAZ09-!~<>".to_vec()),
+                    1 => 0x21u8..=0x7e,
+                    1 => 0x80u8..=0xff,
+                ],
+                0..40,
+            ),
+        ) {
+            let value = String::from_utf8_lossy(&value).into_owned();
+            prop_assume!(value.bytes().all(|b| b >= b'!' && b != b'=' && b != 0x7f));
+            let general = decode(&value);
+            let param = decode_param_value(&value);
+            prop_assert_eq!(&param, &general);
+            prop_assert_eq!(
+                matches!(param, Ok(Cow::Borrowed(_))),
+                matches!(general, Ok(Cow::Borrowed(_)))
+            );
+        }
+
         #[test]
         fn the_eight_byte_check_agrees_with_is_plain(value in proptest::collection::vec(any::<u8>(), 0..40)) {
             prop_assert_eq!(all_plain(&value), value.iter().all(|&b| is_plain(b)));
