@@ -829,6 +829,7 @@ impl ServerSession {
                         && let Some(t) = self.transaction.as_mut()
                     {
                         if !t.size.would_exceed(data.len() as u64) {
+                            grow_body(&mut t.body, data.len());
                             t.body.extend_from_slice(data);
                         }
                         t.size.add(data.len() as u64);
@@ -1280,18 +1281,32 @@ const QUEUED: &[u8] = b"250 2.6.0 Queued mail for delivery\r\n";
 const START_MAIL_INPUT: &[u8] = b"354 Start mail input; end with <CRLF>.<CRLF>\r\n";
 const OK: &[u8] = b"250 2.0.0 OK\r\n";
 
-/// Most bytes a body is grown by ahead of its content, whatever size the client announced:
-/// an announcement costs the client nothing, so it may not reserve much memory.
-const MAX_BODY_RESERVE: u64 = 1 << 20;
+/// Most bytes an announcement alone may reserve for a body: it costs the client nothing, so
+/// it must not buy much memory. Beyond this, a body is reserved ahead by at most what it
+/// already holds (the client paid for those bytes), so a session holds no more than about
+/// twice what was sent, plus this.
+const MAX_BODY_RESERVE: u64 = 64 * 1024;
 
 /// Makes room in `body` for `announced` more bytes (a declared SIZE or a BDAT chunk size),
-/// within the message size limit and [`MAX_BODY_RESERVE`].
-/// The first reservation adds [`TRACE_ROOM`].
+/// within the message size limit and the larger of [`MAX_BODY_RESERVE`] and the body's
+/// length. The first reservation adds [`TRACE_ROOM`].
 fn reserve_body(body: &mut Vec<u8>, announced: u64, max_message_size: u64) {
-    let room = max_message_size.saturating_sub(body.len() as u64);
+    let held = body.len() as u64;
+    let room = max_message_size.saturating_sub(held);
     let trace = if body.is_empty() { TRACE_ROOM } else { 0 };
-    let extra = announced.min(room).min(MAX_BODY_RESERVE) + trace;
+    let extra = announced.min(room).min(MAX_BODY_RESERVE.max(held)) + trace;
     body.reserve(usize::try_from(extra).unwrap_or(0));
+}
+
+/// Makes room for `arriving` bytes that came (not just announced): an empty body too small
+/// for them is replaced by one that holds them and [`TRACE_ROOM`], instead of being grown
+/// by copying a buffer with nothing in it (a 100 KiB chunk after the 64 KiB an announcement
+/// reserved).
+fn grow_body(body: &mut Vec<u8>, arriving: usize) {
+    let trace = TRACE_ROOM as usize;
+    if body.is_empty() && body.capacity() < arriving + trace {
+        *body = Vec::with_capacity(arriving + trace);
+    }
 }
 
 /// Room reserved beyond the body for the `Received:` header a relay puts in front of it, so
@@ -1317,6 +1332,33 @@ fn non_ascii_needs_smtputf8() -> Reply<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_announced_size_reserves_little_until_the_bytes_come() {
+        let (limit, big) = (1 << 30, 1 << 29);
+        // An announcement alone: at most MAX_BODY_RESERVE (and the trace room).
+        let mut body = Vec::new();
+        reserve_body(&mut body, big, limit);
+        let first = body.capacity() as u64;
+        assert!(first >= MAX_BODY_RESERVE + TRACE_ROOM);
+        assert!(first < 2 * MAX_BODY_RESERVE, "{first}");
+        assert!(first <= 128 * 1024, "an announcement bought {first} bytes");
+        // A small announcement reserves what it says.
+        let mut small = Vec::new();
+        reserve_body(&mut small, 1500, limit);
+        assert!(small.capacity() as u64 >= 1500 + TRACE_ROOM);
+        assert!((small.capacity() as u64) < MAX_BODY_RESERVE);
+        // With 200 KiB received, the next chunk may reserve as much again, not more.
+        let mut held = vec![0u8; 200 * 1024];
+        held.shrink_to_fit();
+        reserve_body(&mut held, big, limit);
+        assert!(held.capacity() >= 400 * 1024);
+        assert!(held.capacity() < 1024 * 1024, "{}", held.capacity());
+        // Never beyond the message size limit.
+        let mut capped = Vec::new();
+        reserve_body(&mut capped, big, 1000);
+        assert!((capped.capacity() as u64) < MAX_BODY_RESERVE);
+    }
 
     fn recipient(session: &ServerSession) -> String {
         match session.pending_recipient().map(|r| &r.to) {
