@@ -771,19 +771,8 @@ mod tests {
     fn every_verb_in_every_case_and_nothing_one_byte_off_is_recognised_as_before() {
         for verb in VERBS {
             let name = verb.as_str().as_bytes();
-            for case in 0..1u32 << name.len() {
-                let mixed: Vec<u8> = name
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        if case >> i & 1 == 1 {
-                            b.to_ascii_lowercase()
-                        } else {
-                            *b
-                        }
-                    })
-                    .collect();
-                assert_eq!(Verb::from_bytes(&mixed), Some(verb), "{mixed:?}");
+            for mixed in crate::wire::case_mixes(verb.as_str()) {
+                assert_eq!(Verb::from_bytes(mixed.as_bytes()), Some(verb), "{mixed:?}");
             }
             for i in 0..name.len() {
                 for b in 0..=u8::MAX {
@@ -846,18 +835,7 @@ mod tests {
             ("FROM:", strip_from as fn(&str) -> Option<&str>),
             ("TO:", strip_to),
         ] {
-            for case in 0..1u32 << prefix.len() {
-                let mixed: String = prefix
-                    .chars()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        if case >> i & 1 == 1 {
-                            c.to_ascii_lowercase()
-                        } else {
-                            c
-                        }
-                    })
-                    .collect();
+            for mixed in crate::wire::case_mixes(prefix) {
                 for tail in ["", "<a@b>", " <>"] {
                     let args = format!("{mixed}{tail}");
                     assert_eq!(strip(&args), Some(tail), "{args}");

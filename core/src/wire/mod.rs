@@ -113,6 +113,24 @@ fn digit_pair(n: usize) -> [u8; 2] {
     }
 }
 
+/// Every upper/lower-case spelling of an ASCII `word` (2^len of them), for tests of keyword
+/// matchers that must ignore case.
+#[cfg(test)]
+pub(crate) fn case_mixes(word: &str) -> impl Iterator<Item = String> + '_ {
+    (0..1u32 << word.len()).map(move |case| {
+        word.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if case >> i & 1 == 1 {
+                    c.to_ascii_lowercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
