@@ -829,7 +829,11 @@ impl ServerSession {
                         && let Some(t) = self.transaction.as_mut()
                     {
                         if !t.size.would_exceed(data.len() as u64) {
-                            grow_body(&mut t.body, data.len());
+                            if t.body.capacity() - t.body.len() < data.len() {
+                                // Room for the rest of the chunk, paid for by what came.
+                                let rest = data.len() as u64 + chunk.remaining();
+                                reserve_body(&mut t.body, rest, data.len(), t.size.limit());
+                            }
                             t.body.extend_from_slice(data);
                         }
                         t.size.add(data.len() as u64);
@@ -952,7 +956,7 @@ impl ServerSession {
                     if let Some(t) = self.transaction.as_mut() {
                         // The declared size, when given, saves growing the body step by step.
                         let hint = t.envelope.params.size.unwrap_or(0);
-                        reserve_body(&mut t.body, hint, self.config.max_message_size);
+                        reserve_body(&mut t.body, hint, 0, self.config.max_message_size);
                     }
                     self.output.extend_from_slice(START_MAIL_INPUT);
                     self.mode = Mode::Data(DotReader::with_limit(self.config.max_message_size));
@@ -971,9 +975,8 @@ impl ServerSession {
                     }
                 };
                 if let Some(t) = self.transaction.as_mut().filter(|_| refusal.is_none()) {
+                    // Room is made as the chunk's bytes come (see `reserve_body`).
                     t.bdat_started = true;
-                    // A chunk that arrives in several reads is copied once, not regrown.
-                    reserve_body(&mut t.body, size, self.config.max_message_size);
                 }
                 let chunk = BdatChunk::new(size, last);
                 self.mode = Mode::Bdat { chunk, refusal };
@@ -1282,31 +1285,21 @@ const START_MAIL_INPUT: &[u8] = b"354 Start mail input; end with <CRLF>.<CRLF>\r
 const OK: &[u8] = b"250 2.0.0 OK\r\n";
 
 /// Most bytes an announcement alone may reserve for a body: it costs the client nothing, so
-/// it must not buy much memory. Beyond this, a body is reserved ahead by at most what it
-/// already holds (the client paid for those bytes), so a session holds no more than about
-/// twice what was sent, plus this.
+/// it must not buy much memory. Beyond this, a body is reserved ahead by at most the bytes the
+/// client has sent, so a session holds no more than about twice what was sent, plus this.
 const MAX_BODY_RESERVE: u64 = 64 * 1024;
 
-/// Makes room in `body` for `announced` more bytes (a declared SIZE or a BDAT chunk size),
-/// within the message size limit and the larger of [`MAX_BODY_RESERVE`] and the body's
-/// length. The first reservation adds [`TRACE_ROOM`].
-fn reserve_body(body: &mut Vec<u8>, announced: u64, max_message_size: u64) {
+/// Makes room in `body` for `announced` more bytes (a declared SIZE, or the rest of a BDAT
+/// chunk of which `arrived` bytes are in hand), within the message size limit and the larger
+/// of [`MAX_BODY_RESERVE`] and what the client has sent (the body and `arrived`). The first
+/// reservation adds [`TRACE_ROOM`]; on an empty body it is one allocation, no copy.
+fn reserve_body(body: &mut Vec<u8>, announced: u64, arrived: usize, max_message_size: u64) {
     let held = body.len() as u64;
+    let paid = held + arrived as u64;
     let room = max_message_size.saturating_sub(held);
     let trace = if body.is_empty() { TRACE_ROOM } else { 0 };
-    let extra = announced.min(room).min(MAX_BODY_RESERVE.max(held)) + trace;
+    let extra = announced.min(room).min(MAX_BODY_RESERVE.max(paid)) + trace;
     body.reserve(usize::try_from(extra).unwrap_or(0));
-}
-
-/// Makes room for `arriving` bytes that came (not just announced): an empty body too small
-/// for them is replaced by one that holds them and [`TRACE_ROOM`], instead of being grown
-/// by copying a buffer with nothing in it (a 100 KiB chunk after the 64 KiB an announcement
-/// reserved).
-fn grow_body(body: &mut Vec<u8>, arriving: usize) {
-    let trace = TRACE_ROOM as usize;
-    if body.is_empty() && body.capacity() < arriving + trace {
-        *body = Vec::with_capacity(arriving + trace);
-    }
 }
 
 /// Room reserved beyond the body for the `Received:` header a relay puts in front of it, so
@@ -1338,25 +1331,33 @@ mod tests {
         let (limit, big) = (1 << 30, 1 << 29);
         // An announcement alone: at most MAX_BODY_RESERVE (and the trace room).
         let mut body = Vec::new();
-        reserve_body(&mut body, big, limit);
+        reserve_body(&mut body, big, 0, limit);
         let first = body.capacity() as u64;
         assert!(first >= MAX_BODY_RESERVE + TRACE_ROOM);
         assert!(first < 2 * MAX_BODY_RESERVE, "{first}");
         assert!(first <= 128 * 1024, "an announcement bought {first} bytes");
         // A small announcement reserves what it says.
         let mut small = Vec::new();
-        reserve_body(&mut small, 1500, limit);
+        reserve_body(&mut small, 1500, 0, limit);
         assert!(small.capacity() as u64 >= 1500 + TRACE_ROOM);
         assert!((small.capacity() as u64) < MAX_BODY_RESERVE);
         // With 200 KiB received, the next chunk may reserve as much again, not more.
         let mut held = vec![0u8; 200 * 1024];
         held.shrink_to_fit();
-        reserve_body(&mut held, big, limit);
+        reserve_body(&mut held, big, 0, limit);
         assert!(held.capacity() >= 400 * 1024);
         assert!(held.capacity() < 1024 * 1024, "{}", held.capacity());
+        // Bytes in hand pay for their own room: a 100 KiB chunk that came whole gets it at once.
+        let mut arrived = Vec::new();
+        reserve_body(&mut arrived, 100 * 1024, 100 * 1024, limit);
+        let whole = arrived.capacity() as u64;
+        assert!(
+            (100 * 1024 + TRACE_ROOM..128 * 1024).contains(&whole),
+            "{whole}"
+        );
         // Never beyond the message size limit.
         let mut capped = Vec::new();
-        reserve_body(&mut capped, big, 1000);
+        reserve_body(&mut capped, big, 0, 1000);
         assert!((capped.capacity() as u64) < MAX_BODY_RESERVE);
     }
 
