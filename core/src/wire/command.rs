@@ -8,11 +8,11 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::MAX_SHADOW_FIELD;
 use super::line::{bytes_below, bytes_from_del, first_flagged};
 use super::params::{MailParams, ParamError, RcptParams};
 use super::path::{ForwardPath, PathError, ReversePath, parse_forward_path, parse_reverse_path};
 use super::reply::{EnhancedStatus, Reply};
+use super::{MAX_SHADOW_FIELD, folded, folded_word};
 
 /// A known SMTP verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,7 +76,7 @@ impl Verb {
         // Branch on the length first: eleven of the fifteen verbs have four letters, and those
         // are told apart with one word compare instead of up to fifteen string compares.
         let long = match verb.len() {
-            4 => return Self::from_four_letters(verb.first_chunk()?),
+            4 => return Self::from_four_letters(verb),
             7 => Self::XShadow,
             8 => Self::StartTls,
             9 => Self::XqDiscard,
@@ -87,26 +87,21 @@ impl Verb {
             .then_some(long)
     }
 
-    /// The four-letter verbs, compared as one little-endian word with the 0x20 bit of every
-    /// byte set. That bit is the ASCII case bit, and setting it maps a byte onto a given
-    /// lowercase letter only from that letter or its uppercase form, so for the all-letter
-    /// four-letter verbs the compare is exactly `eq_ignore_ascii_case`.
-    fn from_four_letters(verb: &[u8; 4]) -> Option<Verb> {
-        const fn word(verb: &[u8; 4]) -> u32 {
-            u32::from_le_bytes(*verb) | 0x2020_2020
-        }
-        const EHLO: u32 = word(b"EHLO");
-        const HELO: u32 = word(b"HELO");
-        const MAIL: u32 = word(b"MAIL");
-        const RCPT: u32 = word(b"RCPT");
-        const DATA: u32 = word(b"DATA");
-        const BDAT: u32 = word(b"BDAT");
-        const RSET: u32 = word(b"RSET");
-        const NOOP: u32 = word(b"NOOP");
-        const QUIT: u32 = word(b"QUIT");
-        const VRFY: u32 = word(b"VRFY");
-        const HELP: u32 = word(b"HELP");
-        Some(match word(verb) {
+    /// The four-letter verbs, compared as one [`folded`] word: for words of letters that is
+    /// exactly `eq_ignore_ascii_case`.
+    fn from_four_letters(verb: &[u8]) -> Option<Verb> {
+        const EHLO: u64 = folded(b"EHLO");
+        const HELO: u64 = folded(b"HELO");
+        const MAIL: u64 = folded(b"MAIL");
+        const RCPT: u64 = folded(b"RCPT");
+        const DATA: u64 = folded(b"DATA");
+        const BDAT: u64 = folded(b"BDAT");
+        const RSET: u64 = folded(b"RSET");
+        const NOOP: u64 = folded(b"NOOP");
+        const QUIT: u64 = folded(b"QUIT");
+        const VRFY: u64 = folded(b"VRFY");
+        const HELP: u64 = folded(b"HELP");
+        Some(match folded_word(verb)? {
             EHLO => Self::Ehlo,
             HELO => Self::Helo,
             MAIL => Self::Mail,
@@ -302,28 +297,22 @@ pub(crate) fn write_rcpt(out: &mut Vec<u8>, to: &ForwardPath<'_>, params: &RcptP
 }
 
 /// `args` after `FROM:` (the letters in any case), as `strip_prefix_ignore_case` gives it:
-/// the four letters are compared as one word with the ASCII case bit set (exact for letters,
-/// see [`Verb::from_four_letters`]), the colon as it is.
+/// the four letters compared as one [`folded`] word, the colon as it is.
 fn strip_from(args: &str) -> Option<&str> {
-    match args.as_bytes() {
-        [f, r, o, m, b':', ..]
-            if u32::from_le_bytes([*f, *r, *o, *m]) | 0x2020_2020
-                == u32::from_le_bytes(*b"from") =>
-        {
-            args.get(5..)
-        }
-        _ => None,
-    }
+    strip_folded(args, const { folded(b"FROM") }, 4)
 }
 
 /// `args` after `TO:` (the letters in any case), as [`strip_from`] reads `FROM:`.
 fn strip_to(args: &str) -> Option<&str> {
-    match args.as_bytes() {
-        [t, o, b':', ..] if u16::from_le_bytes([*t, *o]) | 0x2020 == u16::from_le_bytes(*b"to") => {
-            args.get(3..)
-        }
-        _ => None,
-    }
+    strip_folded(args, const { folded(b"TO") }, 2)
+}
+
+/// `args` after its first `len` bytes, when they are letters that fold to `word`, and a colon.
+fn strip_folded(args: &str, word: u64, len: usize) -> Option<&str> {
+    let bytes = args.as_bytes();
+    (bytes.get(len) == Some(&b':') && folded_word(bytes.get(..len)?) == Some(word))
+        .then(|| args.get(len + 1..))
+        .flatten()
 }
 
 /// `s` without its leading spaces; a byte loop, cheaper than a `char` pattern.

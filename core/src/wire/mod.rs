@@ -54,6 +54,41 @@ pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+/// A word's bytes with the ASCII case bit (0x20) set in each, packed little-endian (at most
+/// eight): `SIZE`, `size` and `SiZe` pack alike.
+///
+/// Comparing packed words is exactly `eq_ignore_ascii_case` for the words this crate compares
+/// (verbs, `FROM`/`TO`, MAIL keywords and BODY values): they are letters and digits, and
+/// setting the case bit maps a byte onto a lowercase letter only from that letter or its
+/// uppercase form, and onto a digit only from that digit or a control byte 0x10..=0x19, which
+/// none of the inputs compared can hold in those places (they pass a grammar check first, or
+/// the pattern would not match a verb either way).
+pub(crate) const fn folded(word: &[u8]) -> u64 {
+    let mut packed = 0;
+    let mut i = 0;
+    while i < word.len() && i < 8 {
+        packed |= ((word[i] | 0x20) as u64) << (8 * i);
+        i += 1;
+    }
+    packed
+}
+
+/// [`folded`] of a word of one to eight bytes; `None` for any other length.
+///
+/// Four to eight bytes are packed from two four-byte loads, its first and its last four
+/// bytes, the last shifted into place: where the two overlap they hold the same bytes.
+pub(crate) fn folded_word(bytes: &[u8]) -> Option<u64> {
+    match (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        (Some(first), Some(last)) if bytes.len() <= 8 => {
+            let first = u64::from(u32::from_le_bytes(*first));
+            let last = u64::from(u32::from_le_bytes(*last)) << (8 * (bytes.len() - 4));
+            Some((first | last) | (0x2020_2020_2020_2020 >> (8 * (8 - bytes.len()))))
+        }
+        _ if (1..4).contains(&bytes.len()) => Some(folded(bytes)),
+        _ => None,
+    }
+}
+
 /// `00`, `01`, ... `99`: two digits of [`write_decimal`] per division.
 const DIGIT_PAIRS: &[u8; 200] = b"\
     0001020304050607080910111213141516171819\
@@ -163,6 +198,14 @@ mod tests {
                     None
                 };
             assert_eq!(super::parse_decimal(s.as_bytes()), expected, "{s:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn folded_words_pack_as_folded_does(word in "[ -~]{0,10}") {
+            let want = (1..=8).contains(&word.len()).then(|| super::folded(word.as_bytes()));
+            proptest::prop_assert_eq!(super::folded_word(word.as_bytes()), want);
         }
     }
 
